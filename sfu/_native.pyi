@@ -1,0 +1,119 @@
+"""Type stub for the private Cython extension built from native/.
+
+The engine is sans-I/O with respect to time: every data-path call takes ``now``
+(seconds, monotonic, float). Handles are plain ints; the engine holds no Python
+objects for them. Configure calls raise ``ValueError`` on bad arguments; data-path
+calls never raise on network input (bad packets are dropped and counted).
+"""
+
+import numpy as np
+import numpy.typing as npt
+
+# Media kinds for add_source.
+KIND_AUDIO: int  # 0
+KIND_VIDEO: int  # 1
+
+# Event kinds returned by Engine.drain_events(); each event is a tuple whose first
+# item is the kind:
+EV_STUN: int  # (EV_STUN, tid, host: str, port: int, datagram: bytes)
+EV_PLI: int  # (EV_PLI, sid, publisher_ssrc, requester_pid)  keyframe request sent upstream
+EV_BYE: int  # (EV_BYE, pid, ssrc)  RTCP BYE from a bound peer for an SSRC it owns
+EV_RR: int  # (EV_RR, did, fraction_lost_256, cumulative_lost, jitter)  viewer receiver report
+EV_OVERFLOW: int  # (EV_OVERFLOW, dropped_events, 0, 0)  ring was full
+
+# Names of the columns of the counter arrays, index-aligned.
+COUNTER_NAMES: tuple[str, ...]
+SOURCE_FIELDS: tuple[str, ...]
+DOWNTRACK_FIELDS: tuple[str, ...]
+PEER_FIELDS: tuple[str, ...]
+
+class Engine:
+    counters: npt.NDArray[np.int64]  # global counters (view, no copy), see COUNTER_NAMES
+    source_stats: npt.NDArray[np.int64]  # [sid, field] view, see SOURCE_FIELDS
+    downtrack_stats: npt.NDArray[np.int64]  # [did, field] view, see DOWNTRACK_FIELDS
+    peer_stats: npt.NDArray[np.int64]  # [pid, field] view, see PEER_FIELDS
+
+    def __init__(
+        self,
+        *,
+        max_peers: int = 4096,
+        max_sources: int = 4096,
+        max_downtracks: int = 65536,
+        pool_slots: int = 4096,
+        batch: int = 64,
+        event_ring: int = 8192,
+        node_ssrc: int = 1,
+        rtcp_interval: float = 1.0,
+        pli_interval: float = 0.3,
+    ) -> None: ...
+    # -- configure (raise ValueError) --
+    def add_udp(self, fd: int) -> int:
+        """Register a bound non-blocking UDP socket fd; returns a transport id."""
+    def remove_transport(self, tid: int) -> None: ...
+    def set_wallclock_offset(self, offset: float) -> None:
+        """wallclock - now, used for NTP timestamps in sender reports."""
+    def add_peer(self, tid: int) -> int:
+        """A participant's media endpoint on transport tid; unbound until bind_peer."""
+    def bind_peer(self, pid: int, host: str, port: int) -> bool:
+        """Bind (or move) pid to host:port (IPv4). Returns True if the address changed.
+        Raises ValueError if another peer holds that address."""
+    def unbind_peer(self, pid: int) -> None: ...
+    def remove_peer(self, pid: int) -> None:
+        """Frees the peer, its sources and every downtrack to or from it."""
+    def add_source(self, pid: int, kind: int, clock_rate: int) -> int:
+        """A published track owned by pid; returns a source id."""
+    def add_ingress(self, sid: int, ssrc: int, payload_type: int, rtx_ssrc: int = 0,
+                    layer: int = 0) -> None:
+        """Declare an SSRC (and optional RTX SSRC) the source's owner sends.
+        Raises ValueError if the SSRC is already in use on this node."""
+    def remove_source(self, sid: int) -> None:
+        """Frees the source, its SSRCs and its downtracks."""
+    def add_downtrack(self, sid: int, pid: int, out_ssrc: int, out_pt: int) -> int:
+        """Forward sid to pid, rewriting SSRC, payload type, sequence number and timestamp.
+        out_ssrc must be unique on this node (ValueError otherwise)."""
+    def remove_downtrack(self, did: int) -> None: ...
+    def live(self) -> dict[str, int]:
+        """Live native objects: peers, sources, ssrcs, downtracks, slots_in_use."""
+    # -- data path (never raises on network input) --
+    def on_readable(self, tid: int, now: float) -> int:
+        """recvmmsg/sendmmsg until the socket is drained or a budget is used; returns
+        the number of datagrams read."""
+    def ingest(self, tid: int, data: bytes, host: str, port: int, now: float) -> None:
+        """Process one datagram that did not come through recvmmsg (tests, QUIC)."""
+    def on_tick(self, now: float) -> float:
+        """Run timers (RTCP SR/RR); returns the next deadline (same clock as now)."""
+    def send_to(self, tid: int, data: bytes, host: str, port: int) -> bool:
+        """Send one control datagram (e.g. a STUN response) on transport tid."""
+    def request_keyframe(self, sid: int, now: float) -> bool:
+        """Send a (coalesced) PLI to the source's publisher; False if coalesced."""
+    def drain_events(self) -> list[tuple[object, ...]]: ...
+    @property
+    def pending_events(self) -> int: ...
+
+# -- helpers for tests and the client library (allocate Python objects; not hot path) --
+def parse_rtp(data: bytes) -> dict[str, object]:
+    """Parse an RTP packet; raises ValueError naming the defect for malformed input.
+    Keys: version, padding, extension, csrc_count, marker, payload_type,
+    sequence_number, timestamp, ssrc, csrcs, ext_profile, extensions
+    ({id: bytes}), header_size, payload_size, padding_size."""
+def rtp_extension(data: bytes, ext_id: int) -> bytes | None:
+    """Lazily find one header extension element by id (one- or two-byte form)."""
+def build_rtp(payload_type: int, sequence_number: int, timestamp: int, ssrc: int,
+              payload: bytes, marker: bool = False, csrcs: list[int] | None = None,
+              extensions: dict[int, bytes] | None = None, padding: int = 0) -> bytes: ...
+def parse_rtcp(data: bytes) -> list[dict[str, object]]:
+    """Parse a compound RTCP packet; raises ValueError for malformed input.
+    Each dict has 'type' in {'sr','rr','sdes','bye','nack','pli','fir','remb','twcc',
+    'app','unknown'} and the fields of that packet."""
+def build_sr(ssrc: int, ntp: int, rtp_ts: int, packets: int, octets: int,
+             reports: list[dict[str, int]] | None = None) -> bytes: ...
+def build_rr(ssrc: int, reports: list[dict[str, int]]) -> bytes: ...
+def build_sdes(ssrc: int, cname: str) -> bytes: ...
+def build_bye(ssrcs: list[int], reason: str = "") -> bytes: ...
+def build_nack(sender_ssrc: int, media_ssrc: int, lost: list[int]) -> bytes: ...
+def build_pli(sender_ssrc: int, media_ssrc: int) -> bytes: ...
+def build_fir(sender_ssrc: int, media_ssrc: int, seq_nr: int) -> bytes: ...
+def build_remb(sender_ssrc: int, bitrate: int, ssrcs: list[int]) -> bytes: ...
+def build_twcc(sender_ssrc: int, media_ssrc: int, base_seq: int, ref_time: int,
+               fb_count: int, deltas: list[int | None]) -> bytes:
+    """deltas: per packet from base_seq, receive delta in 250 µs units or None (lost)."""
