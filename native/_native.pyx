@@ -1,0 +1,17 @@
+# cython: language_level=3
+"""sfu._native: the media node's data path (design.md section 2).
+
+One translation unit: each component lives in a .pxi included here, in dependency order.
+"""
+
+include "net.pxi"
+include "consts.pxi"
+include "hashmap.pxi"
+include "rtp.pxi"
+include "rtcp.pxi"
+include "pyhelpers.pxi"
+include "engine_types.pxi"
+include "engine.pxi"
+include "engine_rtp.pxi"
+include "engine_rtcp.pxi"
+include "benchtools.pxi"

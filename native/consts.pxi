@@ -1,0 +1,11 @@
+# Sizes of the preallocated native structures.
+cdef enum:
+    SLOT_SIZE = 2048          # one received datagram (MTU plus headroom)
+    MAX_BATCH = 256           # recvmmsg batch upper bound
+    EGRESS_MAX = 1024         # messages per sendmmsg flush (UIO_MAXIOV)
+    RTCP_OUT_SIZE = 65536     # scratch for RTCP the node builds between flushes
+    MAX_INGRESS = 8           # SSRCs per source (layers + RTX)
+    EVENT_DATA_SIZE = 1500    # bytes kept per datagram event (STUN)
+    EVENT_DATA_SLOTS = 1024
+
+cdef double NTP_EPOCH_OFFSET = 2208988800.0  # seconds 1900-01-01 .. 1970-01-01

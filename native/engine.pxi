@@ -1,0 +1,479 @@
+# The Engine: the only Python-visible class of the data path (design.md section 2).
+# Configure methods validate and raise ValueError; data-path methods never raise on
+# network input. Packet work happens in engine_rtp.pxi / engine_rtcp.pxi.
+
+cimport numpy as cnp
+import numpy as np
+
+cnp.import_array()
+
+DEF_MAX_TRANSPORTS = 16
+
+
+cdef class Engine:
+    # Passed by argument.
+    cdef int32_t max_peers, max_sources, max_ingress, max_downtracks, pool_slots, batch
+    cdef int32_t event_ring
+    cdef uint32_t node_ssrc
+    cdef double rtcp_interval, pli_interval
+    # Allocated by this.
+    cdef Peer *peers
+    cdef Source *sources
+    cdef Ingress *ingress
+    cdef Downtrack *dts
+    cdef int32_t *free_peers
+    cdef int32_t *free_sources
+    cdef int32_t *free_ingress
+    cdef int32_t *free_dts
+    cdef int32_t n_free_peers, n_free_sources, n_free_ingress, n_free_dts
+    cdef U64Map addr_map      # IPv4 address:port -> peer
+    cdef U64Map ssrc_map      # ingress SSRC -> ingress handle
+    cdef U64Map out_map       # downtrack out SSRC -> downtrack handle
+    cdef int fds[16]
+    cdef uint8_t *pool
+    cdef uint16_t *refcnt
+    cdef int32_t *free_slots
+    cdef int32_t n_free_slots
+    cdef mmsghdr *rx_hdrs
+    cdef iovec *rx_iov
+    cdef sockaddr_in *rx_addr
+    cdef int32_t *rx_slot
+    cdef mmsghdr *tx_hdrs
+    cdef iovec *tx_iov
+    cdef uint8_t *tx_fixed
+    cdef int32_t *tx_pid
+    cdef int tx_count
+    cdef int tx_tid
+    cdef uint8_t *rtcp_out
+    cdef Py_ssize_t rtcp_used
+    cdef int64_t *ev
+    cdef int32_t ev_head, ev_count
+    cdef uint8_t *ev_data
+    cdef int32_t ev_data_head, ev_data_count
+    cdef uint16_t *ev_data_len
+    cdef int64_t ev_overflow
+    # Others.
+    cdef uint64_t rng
+    cdef double wallclock_offset
+    cdef double next_rtcp
+    cdef int64_t *c
+    cdef int64_t *ss
+    cdef int64_t *ds
+    cdef int64_t *ps
+    cdef public object counters
+    cdef public object source_stats
+    cdef public object downtrack_stats
+    cdef public object peer_stats
+
+    def __cinit__(self, *, int max_peers=4096, int max_sources=4096, int max_downtracks=65536,
+                  int pool_slots=4096, int batch=64, int event_ring=8192,
+                  unsigned int node_ssrc=1, double rtcp_interval=1.0,
+                  double pli_interval=0.3, unsigned long long seed=0x9E3779B97F4A7C15):
+        cdef int i
+        if not (1 <= max_peers <= 1 << 20 and 1 <= max_sources <= 1 << 20
+                and 1 <= max_downtracks <= 1 << 22):
+            raise ValueError("max_peers/max_sources/max_downtracks out of range")
+        if not 1 <= batch <= MAX_BATCH:
+            raise ValueError(f"batch must be 1..{MAX_BATCH}")
+        if pool_slots < 2 * batch:
+            raise ValueError("pool_slots must be at least 2 * batch")
+        if event_ring < 16:
+            raise ValueError("event_ring must be at least 16")
+        if rtcp_interval <= 0 or pli_interval < 0:
+            raise ValueError("rtcp_interval must be > 0 and pli_interval >= 0")
+        self.max_peers = max_peers
+        self.max_sources = max_sources
+        self.max_ingress = max_sources * MAX_INGRESS
+        self.max_downtracks = max_downtracks
+        self.pool_slots = pool_slots
+        self.batch = batch
+        self.event_ring = event_ring
+        self.node_ssrc = node_ssrc
+        self.rtcp_interval = rtcp_interval
+        self.pli_interval = pli_interval
+        self.rng = seed or 1
+        self.peers = <Peer*>calloc(max_peers, sizeof(Peer))
+        self.sources = <Source*>calloc(max_sources, sizeof(Source))
+        self.ingress = <Ingress*>calloc(self.max_ingress, sizeof(Ingress))
+        self.dts = <Downtrack*>calloc(max_downtracks, sizeof(Downtrack))
+        self.free_peers = <int32_t*>malloc(max_peers * sizeof(int32_t))
+        self.free_sources = <int32_t*>malloc(max_sources * sizeof(int32_t))
+        self.free_ingress = <int32_t*>malloc(self.max_ingress * sizeof(int32_t))
+        self.free_dts = <int32_t*>malloc(max_downtracks * sizeof(int32_t))
+        self.pool = <uint8_t*>malloc(<size_t>pool_slots * SLOT_SIZE)
+        self.refcnt = <uint16_t*>calloc(pool_slots, sizeof(uint16_t))
+        self.free_slots = <int32_t*>malloc(pool_slots * sizeof(int32_t))
+        self.rx_hdrs = <mmsghdr*>calloc(MAX_BATCH, sizeof(mmsghdr))
+        self.rx_iov = <iovec*>calloc(MAX_BATCH, sizeof(iovec))
+        self.rx_addr = <sockaddr_in*>calloc(MAX_BATCH, sizeof(sockaddr_in))
+        self.rx_slot = <int32_t*>calloc(MAX_BATCH, sizeof(int32_t))
+        self.tx_hdrs = <mmsghdr*>calloc(EGRESS_MAX, sizeof(mmsghdr))
+        self.tx_iov = <iovec*>calloc(2 * EGRESS_MAX, sizeof(iovec))
+        self.tx_fixed = <uint8_t*>calloc(EGRESS_MAX, 12)
+        self.tx_pid = <int32_t*>calloc(EGRESS_MAX, sizeof(int32_t))
+        self.rtcp_out = <uint8_t*>malloc(RTCP_OUT_SIZE)
+        self.ev = <int64_t*>calloc(event_ring * 5, sizeof(int64_t))
+        self.ev_data = <uint8_t*>malloc(EVENT_DATA_SLOTS * EVENT_DATA_SIZE)
+        self.ev_data_len = <uint16_t*>calloc(EVENT_DATA_SLOTS, sizeof(uint16_t))
+        if (self.peers == NULL or self.sources == NULL or self.ingress == NULL
+                or self.dts == NULL or self.free_peers == NULL or self.free_sources == NULL
+                or self.free_ingress == NULL or self.free_dts == NULL or self.pool == NULL
+                or self.refcnt == NULL or self.free_slots == NULL or self.rx_hdrs == NULL
+                or self.rx_iov == NULL or self.rx_addr == NULL or self.rx_slot == NULL
+                or self.tx_hdrs == NULL or self.tx_iov == NULL or self.tx_fixed == NULL
+                or self.tx_pid == NULL or self.rtcp_out == NULL or self.ev == NULL
+                or self.ev_data == NULL or self.ev_data_len == NULL):
+            raise MemoryError("cannot allocate engine tables")
+        map_init(&self.addr_map, max_peers)
+        map_init(&self.ssrc_map, self.max_ingress)
+        map_init(&self.out_map, max_downtracks)
+        # Free lists hand out low handles first.
+        for i in range(max_peers):
+            self.free_peers[i] = max_peers - 1 - i
+        self.n_free_peers = max_peers
+        for i in range(max_sources):
+            self.free_sources[i] = max_sources - 1 - i
+        self.n_free_sources = max_sources
+        for i in range(self.max_ingress):
+            self.free_ingress[i] = self.max_ingress - 1 - i
+        self.n_free_ingress = self.max_ingress
+        for i in range(max_downtracks):
+            self.free_dts[i] = max_downtracks - 1 - i
+        self.n_free_dts = max_downtracks
+        for i in range(pool_slots):
+            self.free_slots[i] = pool_slots - 1 - i
+        self.n_free_slots = pool_slots
+        for i in range(16):
+            self.fds[i] = -1
+        self.tx_tid = -1
+        self.counters = np.zeros(N_COUNTERS, dtype=np.int64)
+        self.source_stats = np.zeros((max_sources, N_SRC_FIELDS), dtype=np.int64)
+        self.downtrack_stats = np.zeros((max_downtracks, N_DT_FIELDS), dtype=np.int64)
+        self.peer_stats = np.zeros((max_peers, N_PEER_FIELDS), dtype=np.int64)
+        self.c = <int64_t*>cnp.PyArray_DATA(self.counters)
+        self.ss = <int64_t*>cnp.PyArray_DATA(self.source_stats)
+        self.ds = <int64_t*>cnp.PyArray_DATA(self.downtrack_stats)
+        self.ps = <int64_t*>cnp.PyArray_DATA(self.peer_stats)
+        self.next_rtcp = 0.0
+
+    def __dealloc__(self):
+        cdef int i
+        if self.sources != NULL:
+            for i in range(self.max_sources):
+                free(self.sources[i].dts)
+        map_free(&self.addr_map)
+        map_free(&self.ssrc_map)
+        map_free(&self.out_map)
+        free(self.peers); free(self.sources); free(self.ingress); free(self.dts)
+        free(self.free_peers); free(self.free_sources); free(self.free_ingress)
+        free(self.free_dts); free(self.pool); free(self.refcnt); free(self.free_slots)
+        free(self.rx_hdrs); free(self.rx_iov); free(self.rx_addr); free(self.rx_slot)
+        free(self.tx_hdrs); free(self.tx_iov); free(self.tx_fixed); free(self.tx_pid)
+        free(self.rtcp_out); free(self.ev); free(self.ev_data); free(self.ev_data_len)
+
+    # ---- validation helpers -------------------------------------------------------
+    cdef Peer *_peer(self, int pid) except NULL:
+        if pid < 0 or pid >= self.max_peers or not self.peers[pid].alive:
+            raise ValueError(f"no such peer handle {pid}")
+        return &self.peers[pid]
+
+    cdef Source *_source(self, int sid) except NULL:
+        if sid < 0 or sid >= self.max_sources or not self.sources[sid].alive:
+            raise ValueError(f"no such source handle {sid}")
+        return &self.sources[sid]
+
+    cdef Downtrack *_downtrack(self, int did) except NULL:
+        if did < 0 or did >= self.max_downtracks or not self.dts[did].alive:
+            raise ValueError(f"no such downtrack handle {did}")
+        return &self.dts[did]
+
+    cdef uint32_t _rand32(self) noexcept:
+        # xorshift64*: deterministic per seed, good enough for start offsets.
+        self.rng ^= self.rng >> 12
+        self.rng ^= self.rng << 25
+        self.rng ^= self.rng >> 27
+        return <uint32_t>((self.rng * <uint64_t>0x2545F4914F6CDD1D) >> 32)
+
+    # ---- configure ----------------------------------------------------------------
+    def add_udp(self, int fd):
+        cdef int tid
+        if fd < 0:
+            raise ValueError("fd must be a non-negative file descriptor")
+        for tid in range(16):
+            if self.fds[tid] < 0:
+                self.fds[tid] = fd
+                return tid
+        raise ValueError("too many transports (max 16)")
+
+    def remove_transport(self, int tid):
+        cdef int pid
+        if tid < 0 or tid >= 16 or self.fds[tid] < 0:
+            raise ValueError(f"no such transport {tid}")
+        eng_flush(self)
+        for pid in range(self.max_peers):
+            if self.peers[pid].alive and self.peers[pid].tid == tid:
+                self.remove_peer(pid)
+        self.fds[tid] = -1
+
+    def set_wallclock_offset(self, double offset):
+        self.wallclock_offset = offset
+
+    def add_peer(self, int tid):
+        cdef int pid
+        if tid < 0 or tid >= 16 or self.fds[tid] < 0:
+            raise ValueError(f"no such transport {tid}")
+        if self.n_free_peers == 0:
+            raise ValueError("peer table full")
+        self.n_free_peers -= 1
+        pid = self.free_peers[self.n_free_peers]
+        memset(&self.peers[pid], 0, sizeof(Peer))
+        self.peers[pid].alive = 1
+        self.peers[pid].tid = tid
+        memset(self.ps + pid * N_PEER_FIELDS, 0, N_PEER_FIELDS * sizeof(int64_t))
+        return pid
+
+    def bind_peer(self, int pid, str host, int port):
+        cdef Peer *p = self._peer(pid)
+        cdef sockaddr_in a
+        cdef uint64_t key
+        cdef int32_t other
+        parse_ipv4(host, port, &a)
+        key = addr_key(&a)
+        other = map_get(&self.addr_map, key)
+        if other >= 0 and other != pid:
+            raise ValueError(f"address {host}:{port} is bound to another peer")
+        if p.bound and p.key == key:
+            return False
+        moved = bool(p.bound)
+        if p.bound:
+            map_del(&self.addr_map, p.key)
+            self.ps[pid * N_PEER_FIELDS + P_MOVES] += 1
+        p.addr = a
+        p.key = key
+        p.bound = 1
+        map_put(&self.addr_map, key, pid)
+        return moved
+
+    def unbind_peer(self, int pid):
+        cdef Peer *p = self._peer(pid)
+        if p.bound:
+            map_del(&self.addr_map, p.key)
+            p.bound = 0
+
+    def remove_peer(self, int pid):
+        cdef Peer *p = self._peer(pid)
+        cdef int i
+        for i in range(self.max_sources):
+            if self.sources[i].alive and self.sources[i].pid == pid:
+                self.remove_source(i)
+        for i in range(self.max_downtracks):
+            if self.dts[i].alive and self.dts[i].pid == pid:
+                self.remove_downtrack(i)
+        if p.bound:
+            map_del(&self.addr_map, p.key)
+        eng_flush(self)   # queued messages may point at this peer's address
+        p.alive = 0
+        p.bound = 0
+        self.free_peers[self.n_free_peers] = pid
+        self.n_free_peers += 1
+
+    def add_source(self, int pid, int kind, int clock_rate):
+        cdef int sid
+        cdef Source *s
+        self._peer(pid)
+        if kind != KIND_AUDIO_ and kind != KIND_VIDEO_:
+            raise ValueError("kind must be KIND_AUDIO or KIND_VIDEO")
+        if not 1000 <= clock_rate <= 1000000:
+            raise ValueError("clock_rate must be 1000..1000000 Hz")
+        if self.n_free_sources == 0:
+            raise ValueError("source table full")
+        self.n_free_sources -= 1
+        sid = self.free_sources[self.n_free_sources]
+        s = &self.sources[sid]
+        free(s.dts)
+        memset(s, 0, sizeof(Source))
+        s.alive = 1
+        s.pid = pid
+        s.kind = kind
+        s.clock_rate = clock_rate
+        s.last_pli = -1e18
+        memset(self.ss + sid * N_SRC_FIELDS, 0, N_SRC_FIELDS * sizeof(int64_t))
+        return sid
+
+    def add_ingress(self, int sid, unsigned int ssrc, int payload_type, unsigned int rtx_ssrc=0,
+                    int layer=0):
+        cdef Source *s = self._source(sid)
+        cdef int need = 2 if rtx_ssrc else 1
+        if not 0 <= payload_type <= 127:
+            raise ValueError("payload_type must be 0..127")
+        if not 0 <= layer <= 7:
+            raise ValueError("layer must be 0..7")
+        if ssrc == 0 or ssrc == rtx_ssrc:
+            raise ValueError("ssrc must be non-zero and differ from rtx_ssrc")
+        if map_get(&self.ssrc_map, ssrc) >= 0 or (rtx_ssrc and map_get(&self.ssrc_map, rtx_ssrc) >= 0):
+            raise ValueError(f"SSRC {ssrc} or {rtx_ssrc} is already in use on this node")
+        if s.ningress + need > MAX_INGRESS:
+            raise ValueError(f"at most {MAX_INGRESS} SSRCs per source")
+        eng_new_ingress(self, sid, ssrc, payload_type, 0, layer)
+        if rtx_ssrc:
+            eng_new_ingress(self, sid, rtx_ssrc, payload_type, 1, layer)
+
+    def remove_source(self, int sid):
+        cdef Source *s = self._source(sid)
+        cdef int i, iid
+        while s.ndts > 0:
+            self.remove_downtrack(s.dts[s.ndts - 1])
+        for i in range(s.ningress):
+            iid = s.ingress[i]
+            map_del(&self.ssrc_map, self.ingress[iid].ssrc)
+            self.ingress[iid].alive = 0
+            self.free_ingress[self.n_free_ingress] = iid
+            self.n_free_ingress += 1
+        s.ningress = 0
+        s.alive = 0
+        free(s.dts)
+        s.dts = NULL
+        s.cap = 0
+        self.free_sources[self.n_free_sources] = sid
+        self.n_free_sources += 1
+
+    def add_downtrack(self, int sid, int pid, unsigned int out_ssrc, int out_pt):
+        cdef Source *s = self._source(sid)
+        cdef Downtrack *d
+        cdef int did
+        cdef int32_t *grown
+        self._peer(pid)
+        if not 0 <= out_pt <= 127:
+            raise ValueError("out_pt must be 0..127")
+        if out_ssrc == 0 or map_get(&self.out_map, out_ssrc) >= 0 or map_get(&self.ssrc_map, out_ssrc) >= 0:
+            raise ValueError(f"out_ssrc {out_ssrc} is zero or already in use on this node")
+        if self.n_free_dts == 0:
+            raise ValueError("downtrack table full")
+        if s.ndts == s.cap:
+            grown = <int32_t*>realloc(s.dts, (s.cap * 2 + 8) * sizeof(int32_t))
+            if grown == NULL:
+                raise MemoryError()
+            s.dts = grown
+            s.cap = s.cap * 2 + 8
+        self.n_free_dts -= 1
+        did = self.free_dts[self.n_free_dts]
+        d = &self.dts[did]
+        memset(d, 0, sizeof(Downtrack))
+        d.alive = 1
+        d.sid = sid
+        d.pid = pid
+        d.out_ssrc = out_ssrc
+        d.out_pt = out_pt
+        s.dts[s.ndts] = did
+        s.ndts += 1
+        map_put(&self.out_map, out_ssrc, did)
+        memset(self.ds + did * N_DT_FIELDS, 0, N_DT_FIELDS * sizeof(int64_t))
+        self.ss[sid * N_SRC_FIELDS + S_DOWNTRACKS] = s.ndts
+        return did
+
+    def remove_downtrack(self, int did):
+        cdef Downtrack *d = self._downtrack(did)
+        cdef Source *s = &self.sources[d.sid]
+        cdef int i
+        for i in range(s.ndts):
+            if s.dts[i] == did:
+                s.dts[i] = s.dts[s.ndts - 1]
+                s.ndts -= 1
+                break
+        self.ss[d.sid * N_SRC_FIELDS + S_DOWNTRACKS] = s.ndts
+        map_del(&self.out_map, d.out_ssrc)
+        d.alive = 0
+        self.free_dts[self.n_free_dts] = did
+        self.n_free_dts += 1
+
+    def live(self):
+        return {
+            "peers": self.max_peers - self.n_free_peers,
+            "bound_addresses": self.addr_map.count,
+            "sources": self.max_sources - self.n_free_sources,
+            "ssrcs": self.max_ingress - self.n_free_ingress,
+            "downtracks": self.max_downtracks - self.n_free_dts,
+            "slots_in_use": self.pool_slots - self.n_free_slots,
+            "pending_events": self.ev_count,
+        }
+
+    # ---- data path ----------------------------------------------------------------
+    def on_readable(self, int tid, double now):
+        if tid < 0 or tid >= 16 or self.fds[tid] < 0:
+            return 0
+        return eng_on_readable(self, tid, now)
+
+    def ingest(self, int tid, const uint8_t[::1] data not None, str host, int port, double now):
+        cdef sockaddr_in a
+        cdef int32_t slot
+        cdef Py_ssize_t n = data.shape[0]
+        if tid < 0 or tid >= 16 or self.fds[tid] < 0:
+            raise ValueError(f"no such transport {tid}")
+        parse_ipv4(host, port, &a)
+        self.c[C_RX_DATAGRAMS] += 1
+        self.c[C_RX_BYTES] += n
+        if n > SLOT_SIZE or self.n_free_slots == 0:
+            self.c[C_DROP_NO_SLOT if n <= SLOT_SIZE else C_DROP_MALFORMED] += 1
+            return
+        self.n_free_slots -= 1
+        slot = self.free_slots[self.n_free_slots]
+        self.refcnt[slot] = 1
+        if n:
+            memcpy(self.pool + <size_t>slot * SLOT_SIZE, &data[0], n)
+        eng_process(self, tid, slot, n, &a, now)
+        eng_flush(self)
+        eng_release(self, slot)
+
+    def on_tick(self, double now):
+        if now >= self.next_rtcp:
+            eng_send_reports(self, now)
+            eng_flush(self)
+            self.next_rtcp = now + self.rtcp_interval
+        return self.next_rtcp
+
+    def send_to(self, int tid, const uint8_t[::1] data not None, str host, int port):
+        cdef sockaddr_in a
+        cdef ssize_t r
+        if tid < 0 or tid >= 16 or self.fds[tid] < 0:
+            raise ValueError(f"no such transport {tid}")
+        parse_ipv4(host, port, &a)
+        eng_flush(self)
+        r = sendto(self.fds[tid], &data[0] if data.shape[0] else NULL, data.shape[0],
+                   MSG_DONTWAIT, &a, sizeof(sockaddr_in))
+        if r < 0:
+            self.c[C_DROP_SEND_EAGAIN if errno == EAGAIN else C_DROP_SEND_ERROR] += 1
+            return False
+        self.c[C_TX_DATAGRAMS] += 1
+        self.c[C_TX_BYTES] += r
+        return True
+
+    def request_keyframe(self, int sid, double now):
+        self._source(sid)
+        r = eng_request_keyframe(self, sid, now, -1)
+        eng_flush(self)
+        return bool(r)
+
+    @property
+    def pending_events(self):
+        return self.ev_count
+
+    def drain_events(self):
+        cdef list out = []
+        cdef int64_t *e
+        cdef int32_t k
+        while self.ev_count > 0:
+            e = self.ev + 5 * self.ev_head
+            k = <int32_t>e[0]
+            if k == EV_STUN_:
+                out.append((EV_STUN, e[1], format_ipv4(<uint32_t>e[2]), e[3],
+                            (<char*>self.ev_data + EVENT_DATA_SIZE * e[4])[:self.ev_data_len[e[4]]]))
+                self.ev_data_head = (self.ev_data_head + 1) % EVENT_DATA_SLOTS
+                self.ev_data_count -= 1
+            else:
+                out.append((k, e[1], e[2], e[3]))
+            self.ev_head = (self.ev_head + 1) % self.event_ring
+            self.ev_count -= 1
+        if self.ev_overflow:
+            out.append((EV_OVERFLOW, self.ev_overflow, 0, 0))
+            self.ev_overflow = 0
+        return out

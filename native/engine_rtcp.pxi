@@ -1,0 +1,222 @@
+# RTCP in the engine: feedback from viewers (PLI/FIR/NACK/REMB/TWCC/RR), reports from
+# publishers (SR/BYE), and the node's own SR/RR on a timer.
+
+cdef inline int32_t eng_owned_ingress(Engine e, int32_t pid, uint32_t ssrc) noexcept:
+    cdef int32_t iid = map_get(&e.ssrc_map, ssrc)
+    if iid >= 0 and e.sources[e.ingress[iid].sid].pid == pid:
+        return iid
+    return -1
+
+
+cdef inline int32_t eng_owned_downtrack(Engine e, int32_t pid, uint32_t out_ssrc) noexcept:
+    """The downtrack with this out SSRC that is delivered to peer pid, else -1."""
+    cdef int32_t did = map_get(&e.out_map, out_ssrc)
+    if did >= 0 and e.dts[did].pid == pid:
+        return did
+    return -1
+
+
+cdef inline uint32_t ntp_mid_now(Engine e, double now) noexcept:
+    return <uint32_t>(ntp_from_unix(now + e.wallclock_offset) >> 16)
+
+
+cdef void eng_report_block_in(Engine e, int32_t pid, const uint8_t *p, double now) noexcept:
+    cdef ReportBlock b
+    cdef int32_t did
+    cdef int64_t *row
+    cdef uint32_t rtt
+    read_report_block(p, &b)
+    did = eng_owned_downtrack(e, pid, b.ssrc)
+    if did < 0:
+        e.c[C_RTCP_FOREIGN_SSRC] += 1
+        return
+    row = e.ds + did * N_DT_FIELDS
+    row[D_RR_COUNT] += 1
+    row[D_RR_FRACTION] = b.fraction
+    row[D_RR_CUM_LOST] = b.lost
+    row[D_RR_JITTER] = b.jitter
+    row[D_RR_HIGHEST] = b.highest
+    if b.lsr:
+        # RTT = arrival - LSR - DLSR, in 1/65536 s (RFC 3550 6.4.1).
+        rtt = ntp_mid_now(e, now) - b.lsr - b.dlsr
+        if rtt < 0x80000000:
+            row[D_RTT_US] = (<int64_t>rtt * 1000000) >> 16
+    eng_push_event(e, EV_RR_, did, b.fraction, b.lost)
+
+
+cdef void eng_rtcp_in(Engine e, int32_t pid, const uint8_t *d, Py_ssize_t n,
+                      double now) noexcept:
+    cdef Py_ssize_t off = 0, plen, body, i
+    cdef const uint8_t *p
+    cdef int rc, pt
+    cdef int32_t did, iid
+    cdef uint32_t ssrc
+    if rtcp_validate(d, n) < 0:
+        e.c[C_DROP_MALFORMED] += 1
+        e.ps[pid * N_PEER_FIELDS + P_DROP_MALFORMED] += 1
+        return
+    e.c[C_RX_RTCP] += 1
+    while off < n:
+        p = d + off
+        rc = p[0] & 0x1F
+        pt = p[1]
+        plen = (<Py_ssize_t>rd16(p + 2) + 1) * 4
+        body = plen - (p[plen - 1] if p[0] & 0x20 else 0)
+        off += plen
+        if pt == RTCP_SR and body >= 28 + 24 * rc:
+            e.c[C_SR_IN] += 1
+            iid = eng_owned_ingress(e, pid, rd32(p + 4))
+            if iid >= 0:
+                e.ingress[iid].sr_ntp_mid = rd32(p + 10)
+                e.ingress[iid].sr_time = now
+            else:
+                e.c[C_RTCP_FOREIGN_SSRC] += 1
+            for i in range(rc):
+                eng_report_block_in(e, pid, p + 28 + 24 * i, now)
+        elif pt == RTCP_RR and body >= 8 + 24 * rc:
+            e.c[C_RR_IN] += 1
+            for i in range(rc):
+                eng_report_block_in(e, pid, p + 8 + 24 * i, now)
+        elif pt == RTCP_BYE and body >= 4 + 4 * rc:
+            e.c[C_BYE_IN] += 1
+            for i in range(rc):
+                ssrc = rd32(p + 4 + 4 * i)
+                if eng_owned_ingress(e, pid, ssrc) >= 0:
+                    eng_push_event(e, EV_BYE_, pid, ssrc, 0)
+        elif pt == RTCP_PSFB and body >= 12:
+            if rc == FMT_PLI:
+                e.c[C_PLI_IN] += 1
+                eng_keyframe_for(e, pid, rd32(p + 8), now)
+            elif rc == FMT_FIR:
+                e.c[C_FIR_IN] += 1
+                for i in range((body - 12) // 8):
+                    eng_keyframe_for(e, pid, rd32(p + 12 + 8 * i), now)
+            elif rc == FMT_AFB and body >= 20 and memcmp(p + 12, b"REMB", 4) == 0:
+                e.c[C_REMB_IN] += 1
+                if body >= 20 + 4 * p[16]:
+                    for i in range(p[16]):
+                        did = eng_owned_downtrack(e, pid, rd32(p + 20 + 4 * i))
+                        if did >= 0:
+                            e.ds[did * N_DT_FIELDS + D_REMB_BPS] = (
+                                ((<int64_t>(p[17] & 0x3) << 16) | rd16(p + 18)) << (p[17] >> 2))
+            else:
+                e.c[C_RTCP_UNKNOWN] += 1
+        elif pt == RTCP_RTPFB and body >= 12:
+            if rc == FMT_NACK:
+                e.c[C_NACK_IN] += 1
+                did = eng_owned_downtrack(e, pid, rd32(p + 8))
+                if did >= 0:
+                    e.ds[did * N_DT_FIELDS + D_NACK_IN] += (body - 12) // 4
+                else:
+                    e.c[C_RTCP_FOREIGN_SSRC] += 1
+            elif rc == FMT_TWCC:
+                e.c[C_TWCC_IN] += 1
+            else:
+                e.c[C_RTCP_UNKNOWN] += 1
+        elif pt != RTCP_SDES and pt != RTCP_APP:
+            e.c[C_RTCP_UNKNOWN] += 1
+
+
+cdef void eng_keyframe_for(Engine e, int32_t pid, uint32_t out_ssrc, double now) noexcept:
+    cdef int32_t did = eng_owned_downtrack(e, pid, out_ssrc)
+    if did < 0:
+        e.c[C_RTCP_FOREIGN_SSRC] += 1
+        return
+    e.ds[did * N_DT_FIELDS + D_PLI_IN] += 1
+    eng_request_keyframe(e, e.dts[did].sid, now, pid)
+
+
+cdef int eng_request_keyframe(Engine e, int32_t sid, double now, int32_t requester) noexcept:
+    """PLI to the publisher, at most one per pli_interval per source. 1 if sent."""
+    cdef Source *s = &e.sources[sid]
+    cdef uint8_t *out
+    cdef int i, k = 0
+    cdef Ingress *g
+    if now - s.last_pli < e.pli_interval:
+        e.c[C_PLI_COALESCED] += 1
+        e.ss[sid * N_SRC_FIELDS + S_PLI_COALESCED] += 1
+        return 0
+    out = eng_rtcp_reserve(e, s.pid, 12 * s.ningress)
+    if out == NULL:
+        return 0
+    for i in range(s.ningress):
+        g = &e.ingress[s.ingress[i]]
+        if not g.is_rtx:
+            build_pli_into(out + 12 * k, e.node_ssrc, g.ssrc)
+            k += 1
+    eng_rtcp_shrink(e, 12 * s.ningress, 12 * k)
+    s.last_pli = now
+    e.c[C_PLI_SENT] += 1
+    e.ss[sid * N_SRC_FIELDS + S_PLI_SENT] += 1
+    eng_push_event(e, EV_PLI_, sid, e.ingress[s.ingress[0]].ssrc if s.ningress else 0, requester)
+    return 1
+
+
+cdef void eng_fill_block(Engine e, Ingress *g, ReportBlock *b, double now) noexcept:
+    cdef int64_t ext_max = <int64_t>g.cycles + g.max_seq
+    cdef int64_t expected = ext_max - g.base_seq + 1
+    cdef int64_t lost = expected - g.received
+    cdef int64_t exp_int = expected - g.expected_prior
+    cdef int64_t rcv_int = g.received - g.received_prior
+    cdef int64_t lost_int = exp_int - rcv_int
+    g.expected_prior = expected
+    g.received_prior = g.received
+    if lost > 0x7FFFFF:
+        lost = 0x7FFFFF
+    elif lost < -0x800000:
+        lost = -0x800000
+    b.ssrc = g.ssrc
+    b.fraction = <uint8_t>((lost_int << 8) // exp_int) if exp_int > 0 and lost_int > 0 else 0
+    b.lost = <int32_t>lost
+    b.highest = <uint32_t>ext_max
+    b.jitter = <uint32_t>g.jitter
+    b.lsr = g.sr_ntp_mid
+    b.dlsr = <uint32_t>((now - g.sr_time) * 65536.0) if g.sr_time > 0 else 0
+
+
+cdef void eng_send_reports(Engine e, double now) noexcept:
+    cdef int32_t sid, did, i, nb
+    cdef Source *s
+    cdef Downtrack *t
+    cdef ReportBlock blocks[8]
+    cdef uint8_t *out
+    cdef Py_ssize_t used
+    cdef uint64_t ntp = ntp_from_unix(now + e.wallclock_offset)
+    cdef Ingress *g
+    for sid in range(e.max_sources):
+        s = &e.sources[sid]
+        if not s.alive:
+            continue
+        # RR to the publisher about each SSRC it sends us.
+        nb = 0
+        for i in range(s.ningress):
+            g = &e.ingress[s.ingress[i]]
+            if g.started:
+                eng_fill_block(e, g, &blocks[nb], now)
+                e.ss[sid * N_SRC_FIELDS + S_LOST] = blocks[nb].lost if not g.is_rtx else e.ss[sid * N_SRC_FIELDS + S_LOST]
+                if not g.is_rtx:
+                    e.ss[sid * N_SRC_FIELDS + S_JITTER] = blocks[nb].jitter
+                    e.ss[sid * N_SRC_FIELDS + S_HIGHEST_SEQ] = blocks[nb].highest
+                nb += 1
+        if nb:
+            out = eng_rtcp_reserve(e, s.pid, 8 + 24 * nb + 12)
+            if out != NULL:
+                used = build_rr_into(out, e.node_ssrc, blocks, nb)
+                used += build_sdes_into(out + used, e.node_ssrc, b"sfu", 3)
+                eng_rtcp_shrink(e, 8 + 24 * nb + 12, used)
+        # SR to each viewer about the stream it receives.
+        for i in range(s.ndts):
+            did = s.dts[i]
+            t = &e.dts[did]
+            if not t.started:
+                continue
+            out = eng_rtcp_reserve(e, t.pid, 28 + 12)
+            if out == NULL:
+                continue
+            used = build_sr_into(
+                out, t.out_ssrc, ntp,
+                t.last_out_ts + <uint32_t>((now - t.last_out_time) * s.clock_rate),
+                t.sr_packets, t.sr_octets, NULL, 0)
+            used += build_sdes_into(out + used, t.out_ssrc, b"sfu", 3)
+            eng_rtcp_shrink(e, 40, used)
+            e.ds[did * N_DT_FIELDS + D_SR_SENT] += 1

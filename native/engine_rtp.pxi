@@ -1,0 +1,324 @@
+# Data path: recvmmsg into pool slots, demultiplex, RTP fan-out with header rewrite into
+# the egress batch, sendmmsg. No Python objects are created here.
+
+cdef int eng_new_ingress(Engine e, int sid, uint32_t ssrc, int pt, int is_rtx,
+                         int layer) except -1:
+    cdef int iid
+    cdef Source *s = &e.sources[sid]
+    if e.n_free_ingress == 0:
+        raise ValueError("SSRC table full")
+    e.n_free_ingress -= 1
+    iid = e.free_ingress[e.n_free_ingress]
+    memset(&e.ingress[iid], 0, sizeof(Ingress))
+    e.ingress[iid].alive = 1
+    e.ingress[iid].sid = sid
+    e.ingress[iid].ssrc = ssrc
+    e.ingress[iid].payload_type = pt
+    e.ingress[iid].is_rtx = is_rtx
+    e.ingress[iid].layer = layer
+    s.ingress[s.ningress] = iid
+    s.ningress += 1
+    map_put(&e.ssrc_map, ssrc, iid)
+    return 0
+
+
+cdef inline void eng_release(Engine e, int32_t slot) noexcept:
+    e.refcnt[slot] -= 1
+    if e.refcnt[slot] == 0:
+        e.free_slots[e.n_free_slots] = slot
+        e.n_free_slots += 1
+
+
+cdef void eng_push_event(Engine e, int kind, int64_t a, int64_t b, int64_t c) noexcept:
+    cdef int64_t *slot
+    if e.ev_count >= e.event_ring:
+        e.ev_overflow += 1
+        e.c[C_DROP_EVENT_OVERFLOW] += 1
+        return
+    slot = e.ev + 5 * ((e.ev_head + e.ev_count) % e.event_ring)
+    slot[0] = kind
+    slot[1] = a
+    slot[2] = b
+    slot[3] = c
+    slot[4] = 0
+    e.ev_count += 1
+
+
+cdef int eng_push_datagram(Engine e, int kind, int tid, const sockaddr_in *a,
+                           const uint8_t *d, Py_ssize_t n) noexcept:
+    """Queue a control datagram (STUN) for Python. Returns 0 if it had to be dropped."""
+    cdef int32_t ds
+    cdef int64_t *slot
+    if e.ev_count >= e.event_ring or e.ev_data_count >= EVENT_DATA_SLOTS or n > EVENT_DATA_SIZE:
+        e.ev_overflow += 1
+        e.c[C_DROP_EVENT_OVERFLOW] += 1
+        return 0
+    ds = (e.ev_data_head + e.ev_data_count) % EVENT_DATA_SLOTS
+    memcpy(e.ev_data + EVENT_DATA_SIZE * ds, d, n)
+    e.ev_data_len[ds] = <uint16_t>n
+    e.ev_data_count += 1
+    slot = e.ev + 5 * ((e.ev_head + e.ev_count) % e.event_ring)
+    slot[0] = kind
+    slot[1] = tid
+    slot[2] = a.sin_addr.s_addr
+    slot[3] = ntohs(a.sin_port)
+    slot[4] = ds
+    e.ev_count += 1
+    return 1
+
+
+cdef Py_ssize_t eng_on_readable(Engine e, int tid, double now) noexcept:
+    cdef int fd = e.fds[tid]
+    cdef int i, n, want, rounds
+    cdef int32_t slot
+    cdef Py_ssize_t total = 0
+    for rounds in range(64):     # bounded, so one busy socket cannot starve the loop
+        want = e.batch
+        if e.n_free_slots < want:
+            want = e.n_free_slots
+        if want == 0:
+            e.c[C_DROP_NO_SLOT] += 1
+            break
+        for i in range(want):
+            slot = e.free_slots[e.n_free_slots - 1 - i]
+            e.rx_slot[i] = slot
+            e.rx_iov[i].iov_base = e.pool + <size_t>slot * SLOT_SIZE
+            e.rx_iov[i].iov_len = SLOT_SIZE
+            e.rx_hdrs[i].msg_hdr.msg_name = &e.rx_addr[i]
+            e.rx_hdrs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
+            e.rx_hdrs[i].msg_hdr.msg_iov = &e.rx_iov[i]
+            e.rx_hdrs[i].msg_hdr.msg_iovlen = 1
+            e.rx_hdrs[i].msg_hdr.msg_control = NULL
+            e.rx_hdrs[i].msg_hdr.msg_controllen = 0
+            e.rx_hdrs[i].msg_hdr.msg_flags = 0
+        n = recvmmsg(fd, e.rx_hdrs, want, MSG_DONTWAIT, NULL)
+        if n <= 0:
+            if n < 0 and errno != EAGAIN and errno != EWOULDBLOCK and errno != EINTR:
+                e.c[C_RECV_ERRORS] += 1
+            break
+        e.c[C_RECV_BATCHES] += 1
+        e.n_free_slots -= n
+        for i in range(n):
+            e.refcnt[e.rx_slot[i]] = 1
+        for i in range(n):
+            e.c[C_RX_DATAGRAMS] += 1
+            e.c[C_RX_BYTES] += e.rx_hdrs[i].msg_len
+            if e.rx_hdrs[i].msg_hdr.msg_namelen != sizeof(sockaddr_in) or e.rx_addr[i].sin_family != AF_INET:
+                e.c[C_DROP_UNBOUND] += 1
+                continue
+            eng_process(e, tid, e.rx_slot[i], e.rx_hdrs[i].msg_len, &e.rx_addr[i], now)
+        eng_flush(e)
+        for i in range(n):
+            eng_release(e, e.rx_slot[i])
+        total += n
+        if n < want:
+            break
+    return total
+
+
+cdef void eng_process(Engine e, int tid, int32_t slot, Py_ssize_t n, const sockaddr_in *a,
+                      double now) noexcept:
+    cdef const uint8_t *d = e.pool + <size_t>slot * SLOT_SIZE
+    cdef int32_t pid
+    cdef uint8_t b0
+    if n <= 0:
+        e.c[C_DROP_MALFORMED] += 1
+        return
+    b0 = d[0]
+    if b0 < 4:
+        # RFC 7983 demux: STUN. Python verifies credentials, so unbound senders pass.
+        if n < 20:
+            e.c[C_DROP_MALFORMED] += 1
+        elif eng_push_datagram(e, EV_STUN_, tid, a, d, n):
+            e.c[C_RX_STUN] += 1
+        return
+    pid = map_get(&e.addr_map, addr_key(a))
+    if pid < 0 or e.peers[pid].tid != tid:
+        e.c[C_DROP_UNBOUND] += 1
+        return
+    e.ps[pid * N_PEER_FIELDS + P_RX_PACKETS] += 1
+    e.ps[pid * N_PEER_FIELDS + P_RX_BYTES] += n
+    if b0 < 128 or b0 > 191:
+        e.c[C_DROP_NOT_RTP] += 1
+        return
+    if n >= 2 and 192 <= d[1] <= 223:
+        eng_rtcp_in(e, pid, d, n, now)
+    else:
+        eng_rtp_in(e, pid, slot, d, n, now)
+
+
+cdef inline void ingress_update(Ingress *g, const RtpView *v, double now,
+                                uint32_t clock_rate) noexcept:
+    cdef uint16_t udelta
+    cdef int64_t transit, dd
+    if not g.started:
+        g.started = 1
+        g.base_seq = v.seq
+        g.max_seq = v.seq
+        g.cycles = 0
+    else:
+        udelta = <uint16_t>(v.seq - g.max_seq)
+        if 0 < udelta < 3000:
+            if v.seq < g.max_seq:
+                g.cycles += 65536
+            g.max_seq = v.seq
+    g.received += 1
+    # Interarrival jitter (RFC 3550 A.8) in timestamp units.
+    transit = <int64_t>(now * clock_rate) - <int64_t>v.ts
+    if g.have_transit:
+        dd = transit - g.last_transit
+        if dd < 0:
+            dd = -dd
+        g.jitter += (<double>dd - g.jitter) / 16.0
+    g.last_transit = transit
+    g.have_transit = 1
+
+
+cdef void eng_rtp_in(Engine e, int32_t pid, int32_t slot, const uint8_t *d, Py_ssize_t n,
+                     double now) noexcept:
+    cdef RtpView v
+    cdef int32_t iid, sid, did, i
+    cdef Ingress *g
+    cdef Source *s
+    if rtp_parse(d, n, &v) != RTP_OK:
+        e.c[C_DROP_MALFORMED] += 1
+        e.ps[pid * N_PEER_FIELDS + P_DROP_MALFORMED] += 1
+        return
+    iid = map_get(&e.ssrc_map, v.ssrc)
+    if iid < 0:
+        e.c[C_DROP_UNKNOWN_SSRC] += 1
+        return
+    g = &e.ingress[iid]
+    sid = g.sid
+    s = &e.sources[sid]
+    if s.pid != pid:
+        # A bound participant sending someone else's SSRC: hijack attempt.
+        e.c[C_DROP_SSRC_NOT_OWNED] += 1
+        e.ps[pid * N_PEER_FIELDS + P_DROP_NOT_OWNED] += 1
+        return
+    if g.is_rtx:
+        e.c[C_DROP_RTX_UNSUPPORTED] += 1
+        return
+    if v.payload_type != g.payload_type:
+        e.c[C_DROP_PAYLOAD_TYPE] += 1
+        return
+    e.c[C_RX_RTP] += 1
+    ingress_update(g, &v, now, s.clock_rate)
+    e.ss[sid * N_SRC_FIELDS + S_PACKETS] += 1
+    e.ss[sid * N_SRC_FIELDS + S_BYTES] += n
+    for i in range(s.ndts):
+        did = s.dts[i]
+        eng_forward(e, &e.dts[did], did, slot, d, n, &v, now)
+
+
+cdef inline void eng_forward(Engine e, Downtrack *t, int32_t did, int32_t slot, const uint8_t *d,
+                             Py_ssize_t n, const RtpView *v, double now) noexcept:
+    cdef Peer *p = &e.peers[t.pid]
+    cdef uint8_t *h
+    cdef int k
+    cdef uint32_t out_ts
+    cdef uint16_t out_seq
+    if not p.bound:
+        return
+    if e.tx_count == EGRESS_MAX or (e.tx_tid != p.tid and e.tx_count):
+        eng_flush(e)
+    if not t.started:
+        t.started = 1
+        t.seq_delta = <uint16_t>(e._rand32() - v.seq)
+        t.ts_delta = e._rand32() - v.ts
+    out_seq = <uint16_t>(v.seq + t.seq_delta)
+    out_ts = v.ts + t.ts_delta
+    t.last_out_ts = out_ts
+    t.last_out_time = now
+    t.sr_packets += 1
+    t.sr_octets += v.payload_size
+    k = e.tx_count
+    h = e.tx_fixed + 12 * k
+    # Only the fixed header changes; CSRCs, extensions and payload go out of the slot.
+    h[0] = d[0]
+    h[1] = (d[1] & 0x80) | t.out_pt
+    wr16(h + 2, out_seq)
+    wr32(h + 4, out_ts)
+    wr32(h + 8, t.out_ssrc)
+    e.tx_iov[2 * k].iov_base = h
+    e.tx_iov[2 * k].iov_len = 12
+    e.tx_iov[2 * k + 1].iov_base = <void*>(d + 12)
+    e.tx_iov[2 * k + 1].iov_len = n - 12
+    e.tx_hdrs[k].msg_hdr.msg_name = &p.addr
+    e.tx_hdrs[k].msg_hdr.msg_namelen = sizeof(sockaddr_in)
+    e.tx_hdrs[k].msg_hdr.msg_iov = &e.tx_iov[2 * k]
+    e.tx_hdrs[k].msg_hdr.msg_iovlen = 2
+    e.tx_hdrs[k].msg_hdr.msg_control = NULL
+    e.tx_hdrs[k].msg_hdr.msg_controllen = 0
+    e.tx_hdrs[k].msg_hdr.msg_flags = 0
+    e.tx_pid[k] = t.pid
+    e.tx_tid = p.tid
+    e.tx_count = k + 1
+    e.ds[did * N_DT_FIELDS + D_PACKETS] += 1
+    e.ds[did * N_DT_FIELDS + D_BYTES] += n
+    e.c[C_FORWARDED] += 1
+
+
+cdef uint8_t *eng_rtcp_reserve(Engine e, int32_t pid, Py_ssize_t size) noexcept:
+    """Room for one RTCP datagram to peer pid in the egress batch (NULL if unbound)."""
+    cdef Peer *p = &e.peers[pid]
+    cdef uint8_t *out
+    cdef int k
+    if not p.bound or size > RTCP_OUT_SIZE:
+        return NULL
+    if (e.tx_count == EGRESS_MAX or e.rtcp_used + size > RTCP_OUT_SIZE
+            or (e.tx_count and e.tx_tid != p.tid)):
+        eng_flush(e)
+    out = e.rtcp_out + e.rtcp_used
+    e.rtcp_used += size
+    k = e.tx_count
+    e.tx_iov[2 * k].iov_base = out
+    e.tx_iov[2 * k].iov_len = size
+    e.tx_hdrs[k].msg_hdr.msg_name = &p.addr
+    e.tx_hdrs[k].msg_hdr.msg_namelen = sizeof(sockaddr_in)
+    e.tx_hdrs[k].msg_hdr.msg_iov = &e.tx_iov[2 * k]
+    e.tx_hdrs[k].msg_hdr.msg_iovlen = 1
+    e.tx_hdrs[k].msg_hdr.msg_control = NULL
+    e.tx_hdrs[k].msg_hdr.msg_controllen = 0
+    e.tx_hdrs[k].msg_hdr.msg_flags = 0
+    e.tx_pid[k] = pid
+    e.tx_tid = p.tid
+    e.tx_count = k + 1
+    e.c[C_RTCP_SENT] += 1
+    return out
+
+
+cdef inline void eng_rtcp_shrink(Engine e, Py_ssize_t reserved, Py_ssize_t used) noexcept:
+    """Give back the unused tail of the last eng_rtcp_reserve."""
+    e.rtcp_used -= reserved - used
+    e.tx_iov[2 * (e.tx_count - 1)].iov_len = used
+
+
+cdef void eng_flush(Engine e) noexcept:
+    cdef int off = 0, r, k
+    cdef int fd
+    cdef Py_ssize_t nbytes
+    if e.tx_count == 0:
+        return
+    fd = e.fds[e.tx_tid] if e.tx_tid >= 0 else -1
+    while off < e.tx_count and fd >= 0:
+        r = sendmmsg(fd, e.tx_hdrs + off, e.tx_count - off, MSG_DONTWAIT)
+        if r < 0:
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN or errno == EWOULDBLOCK:
+                # Socket buffer full: shed the rest of this batch rather than block.
+                e.c[C_DROP_SEND_EAGAIN] += e.tx_count - off
+                break
+            e.c[C_DROP_SEND_ERROR] += 1
+            off += 1
+            continue
+        for k in range(off, off + r):
+            nbytes = e.tx_hdrs[k].msg_len
+            e.c[C_TX_BYTES] += nbytes
+            e.ps[e.tx_pid[k] * N_PEER_FIELDS + P_TX_PACKETS] += 1
+            e.ps[e.tx_pid[k] * N_PEER_FIELDS + P_TX_BYTES] += nbytes
+        e.c[C_TX_DATAGRAMS] += r
+        off += r
+    e.tx_count = 0
+    e.rtcp_used = 0
