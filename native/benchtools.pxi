@@ -446,7 +446,7 @@ cdef class UdpBlaster:
 
 
 cdef long long bench_drive_loop(UdpBlaster blaster, UdpSink sink, double rate,
-                                long long dur_ns, long long drain_ns) noexcept nogil:
+                                long long dur_ns, long long drain_ns, int burst) noexcept nogil:
     cdef long long t0 = bench_now_ns(), now, due, sent = 0
     cdef long long t_end = t0 + dur_ns, t_stop = t_end + drain_ns, interval
     cdef int tfd = -1, fired = 0, r, timeout
@@ -489,7 +489,7 @@ cdef long long bench_drive_loop(UdpBlaster blaster, UdpSink sink, double rate,
             if due > 4 * BENCH_BATCH:
                 due = 4 * BENCH_BATCH  # catch up gradually; keep draining the sinks
         else:
-            due = BENCH_BATCH
+            due = burst
         while due > 0:
             r = blaster._send(<int>due)
             if r <= 0:
@@ -503,17 +503,18 @@ cdef long long bench_drive_loop(UdpBlaster blaster, UdpSink sink, double rate,
 
 
 def bench_drive(UdpBlaster blaster not None, UdpSink sink not None, double rate,
-                double duration, double drain=0.2) -> int:
+                double duration, double drain=0.2, int burst=64) -> int:
     """Send at ``rate`` packets/s for ``duration`` s while draining the sink, then keep
-    draining for ``drain`` s. rate <= 0 means unpaced: one batch of 64 per loop round,
-    alternating with the sink, so the offered load adapts to what this core can do.
+    draining for ``drain`` s. rate <= 0 means unpaced: ``burst`` packets per loop round,
+    alternating with draining the sink (a burst bigger than what the forwarder handles
+    while the sink drains keeps the forwarder's queue from ever running empty).
     Runs without the GIL on the calling thread; returns the packets sent."""
     cdef long long sent
-    if duration < 0 or drain < 0:
-        raise ValueError("duration and drain must be >= 0")
+    if duration < 0 or drain < 0 or burst < 1:
+        raise ValueError("duration and drain must be >= 0, burst >= 1")
     with nogil:
         sent = bench_drive_loop(blaster, sink, rate, <long long>(duration * 1e9),
-                                <long long>(drain * 1e9))
+                                <long long>(drain * 1e9), burst)
     if sent < 0:
         raise OSError(bench_errno, "timerfd_create")
     return sent

@@ -187,7 +187,7 @@ cdef class Engine:
             raise ValueError(f"no such downtrack handle {did}")
         return &self.dts[did]
 
-    cdef uint32_t _rand32(self) noexcept:
+    cdef uint32_t _rand32(self) noexcept nogil:
         # xorshift64*: deterministic per seed, good enough for start offsets.
         self.rng ^= self.rng >> 12
         self.rng ^= self.rng << 25
@@ -401,7 +401,10 @@ cdef class Engine:
     def on_readable(self, int tid, double now):
         if tid < 0 or tid >= 16 or self.fds[tid] < 0:
             return 0
-        return eng_on_readable(self, tid, now)
+        cdef Py_ssize_t got
+        with nogil:
+            got = eng_on_readable(self, tid, now)
+        return got
 
     def ingest(self, int tid, const uint8_t[::1] data not None, str host, int port, double now):
         cdef sockaddr_in a
@@ -420,9 +423,10 @@ cdef class Engine:
         self.refcnt[slot] = 1
         if n:
             memcpy(self.pool + <size_t>slot * SLOT_SIZE, &data[0], n)
-        eng_process(self, tid, slot, n, &a, now)
-        eng_flush(self)
-        eng_release(self, slot)
+        with nogil:
+            eng_process(self, tid, slot, n, &a, now)
+            eng_flush(self)
+            eng_release(self, slot)
 
     def on_tick(self, double now):
         if now >= self.next_rtcp:

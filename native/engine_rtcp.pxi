@@ -1,14 +1,14 @@
 # RTCP in the engine: feedback from viewers (PLI/FIR/NACK/REMB/TWCC/RR), reports from
 # publishers (SR/BYE), and the node's own SR/RR on a timer.
 
-cdef inline int32_t eng_owned_ingress(Engine e, int32_t pid, uint32_t ssrc) noexcept:
+cdef inline int32_t eng_owned_ingress(Engine e, int32_t pid, uint32_t ssrc) noexcept nogil:
     cdef int32_t iid = map_get(&e.ssrc_map, ssrc)
     if iid >= 0 and e.sources[e.ingress[iid].sid].pid == pid:
         return iid
     return -1
 
 
-cdef inline int32_t eng_owned_downtrack(Engine e, int32_t pid, uint32_t out_ssrc) noexcept:
+cdef inline int32_t eng_owned_downtrack(Engine e, int32_t pid, uint32_t out_ssrc) noexcept nogil:
     """The downtrack with this out SSRC that is delivered to peer pid, else -1."""
     cdef int32_t did = map_get(&e.out_map, out_ssrc)
     if did >= 0 and e.dts[did].pid == pid:
@@ -16,11 +16,11 @@ cdef inline int32_t eng_owned_downtrack(Engine e, int32_t pid, uint32_t out_ssrc
     return -1
 
 
-cdef inline uint32_t ntp_mid_now(Engine e, double now) noexcept:
+cdef inline uint32_t ntp_mid_now(Engine e, double now) noexcept nogil:
     return <uint32_t>(ntp_from_unix(now + e.wallclock_offset) >> 16)
 
 
-cdef void eng_report_block_in(Engine e, int32_t pid, const uint8_t *p, double now) noexcept:
+cdef void eng_report_block_in(Engine e, int32_t pid, const uint8_t *p, double now) noexcept nogil:
     cdef ReportBlock b
     cdef int32_t did
     cdef int64_t *row
@@ -39,13 +39,13 @@ cdef void eng_report_block_in(Engine e, int32_t pid, const uint8_t *p, double no
     if b.lsr:
         # RTT = arrival - LSR - DLSR, in 1/65536 s (RFC 3550 6.4.1).
         rtt = ntp_mid_now(e, now) - b.lsr - b.dlsr
-        if rtt < 0x80000000:
+        if <int32_t>rtt >= 0:
             row[D_RTT_US] = (<int64_t>rtt * 1000000) >> 16
     eng_push_event(e, EV_RR_, did, b.fraction, b.lost)
 
 
 cdef void eng_rtcp_in(Engine e, int32_t pid, const uint8_t *d, Py_ssize_t n,
-                      double now) noexcept:
+                      double now) noexcept nogil:
     cdef Py_ssize_t off = 0, plen, body, i
     cdef const uint8_t *p
     cdef int rc, pt
@@ -117,7 +117,7 @@ cdef void eng_rtcp_in(Engine e, int32_t pid, const uint8_t *d, Py_ssize_t n,
             e.c[C_RTCP_UNKNOWN] += 1
 
 
-cdef void eng_keyframe_for(Engine e, int32_t pid, uint32_t out_ssrc, double now) noexcept:
+cdef void eng_keyframe_for(Engine e, int32_t pid, uint32_t out_ssrc, double now) noexcept nogil:
     cdef int32_t did = eng_owned_downtrack(e, pid, out_ssrc)
     if did < 0:
         e.c[C_RTCP_FOREIGN_SSRC] += 1
@@ -126,7 +126,7 @@ cdef void eng_keyframe_for(Engine e, int32_t pid, uint32_t out_ssrc, double now)
     eng_request_keyframe(e, e.dts[did].sid, now, pid)
 
 
-cdef int eng_request_keyframe(Engine e, int32_t sid, double now, int32_t requester) noexcept:
+cdef int eng_request_keyframe(Engine e, int32_t sid, double now, int32_t requester) noexcept nogil:
     """PLI to the publisher, at most one per pli_interval per source. 1 if sent."""
     cdef Source *s = &e.sources[sid]
     cdef uint8_t *out
@@ -152,7 +152,7 @@ cdef int eng_request_keyframe(Engine e, int32_t sid, double now, int32_t request
     return 1
 
 
-cdef void eng_fill_block(Engine e, Ingress *g, ReportBlock *b, double now) noexcept:
+cdef void eng_fill_block(Engine e, Ingress *g, ReportBlock *b, double now) noexcept nogil:
     cdef int64_t ext_max = <int64_t>g.cycles + g.max_seq
     cdef int64_t expected = ext_max - g.base_seq + 1
     cdef int64_t lost = expected - g.received
@@ -174,7 +174,7 @@ cdef void eng_fill_block(Engine e, Ingress *g, ReportBlock *b, double now) noexc
     b.dlsr = <uint32_t>((now - g.sr_time) * 65536.0) if g.sr_time > 0 else 0
 
 
-cdef void eng_send_reports(Engine e, double now) noexcept:
+cdef void eng_send_reports(Engine e, double now) noexcept nogil:
     cdef int32_t sid, did, i, nb
     cdef Source *s
     cdef Downtrack *t

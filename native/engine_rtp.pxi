@@ -22,14 +22,14 @@ cdef int eng_new_ingress(Engine e, int sid, uint32_t ssrc, int pt, int is_rtx,
     return 0
 
 
-cdef inline void eng_release(Engine e, int32_t slot) noexcept:
+cdef inline void eng_release(Engine e, int32_t slot) noexcept nogil:
     e.refcnt[slot] -= 1
     if e.refcnt[slot] == 0:
         e.free_slots[e.n_free_slots] = slot
         e.n_free_slots += 1
 
 
-cdef void eng_push_event(Engine e, int kind, int64_t a, int64_t b, int64_t c) noexcept:
+cdef void eng_push_event(Engine e, int kind, int64_t a, int64_t b, int64_t c) noexcept nogil:
     cdef int64_t *slot
     if e.ev_count >= e.event_ring:
         e.ev_overflow += 1
@@ -45,7 +45,7 @@ cdef void eng_push_event(Engine e, int kind, int64_t a, int64_t b, int64_t c) no
 
 
 cdef int eng_push_datagram(Engine e, int kind, int tid, const sockaddr_in *a,
-                           const uint8_t *d, Py_ssize_t n) noexcept:
+                           const uint8_t *d, Py_ssize_t n) noexcept nogil:
     """Queue a control datagram (STUN) for Python. Returns 0 if it had to be dropped."""
     cdef int32_t ds
     cdef int64_t *slot
@@ -67,7 +67,7 @@ cdef int eng_push_datagram(Engine e, int kind, int tid, const sockaddr_in *a,
     return 1
 
 
-cdef Py_ssize_t eng_on_readable(Engine e, int tid, double now) noexcept:
+cdef Py_ssize_t eng_on_readable(Engine e, int tid, double now) noexcept nogil:
     cdef int fd = e.fds[tid]
     cdef int i, n, want, rounds
     cdef int32_t slot
@@ -117,7 +117,7 @@ cdef Py_ssize_t eng_on_readable(Engine e, int tid, double now) noexcept:
 
 
 cdef void eng_process(Engine e, int tid, int32_t slot, Py_ssize_t n, const sockaddr_in *a,
-                      double now) noexcept:
+                      double now) noexcept nogil:
     cdef const uint8_t *d = e.pool + <size_t>slot * SLOT_SIZE
     cdef int32_t pid
     cdef uint8_t b0
@@ -148,7 +148,7 @@ cdef void eng_process(Engine e, int tid, int32_t slot, Py_ssize_t n, const socka
 
 
 cdef inline void ingress_update(Ingress *g, const RtpView *v, double now,
-                                uint32_t clock_rate) noexcept:
+                                uint32_t clock_rate) noexcept nogil:
     cdef uint16_t udelta
     cdef int64_t transit, dd
     if not g.started:
@@ -175,7 +175,7 @@ cdef inline void ingress_update(Ingress *g, const RtpView *v, double now,
 
 
 cdef void eng_rtp_in(Engine e, int32_t pid, int32_t slot, const uint8_t *d, Py_ssize_t n,
-                     double now) noexcept:
+                     double now) noexcept nogil:
     cdef RtpView v
     cdef int32_t iid, sid, did, i
     cdef Ingress *g
@@ -212,7 +212,7 @@ cdef void eng_rtp_in(Engine e, int32_t pid, int32_t slot, const uint8_t *d, Py_s
 
 
 cdef inline void eng_forward(Engine e, Downtrack *t, int32_t did, int32_t slot, const uint8_t *d,
-                             Py_ssize_t n, const RtpView *v, double now) noexcept:
+                             Py_ssize_t n, const RtpView *v, double now) noexcept nogil:
     cdef Peer *p = &e.peers[t.pid]
     cdef uint8_t *h
     cdef int k
@@ -259,7 +259,7 @@ cdef inline void eng_forward(Engine e, Downtrack *t, int32_t did, int32_t slot, 
     e.c[C_FORWARDED] += 1
 
 
-cdef uint8_t *eng_rtcp_reserve(Engine e, int32_t pid, Py_ssize_t size) noexcept:
+cdef uint8_t *eng_rtcp_reserve(Engine e, int32_t pid, Py_ssize_t size) noexcept nogil:
     """Room for one RTCP datagram to peer pid in the egress batch (NULL if unbound)."""
     cdef Peer *p = &e.peers[pid]
     cdef uint8_t *out
@@ -288,13 +288,13 @@ cdef uint8_t *eng_rtcp_reserve(Engine e, int32_t pid, Py_ssize_t size) noexcept:
     return out
 
 
-cdef inline void eng_rtcp_shrink(Engine e, Py_ssize_t reserved, Py_ssize_t used) noexcept:
+cdef inline void eng_rtcp_shrink(Engine e, Py_ssize_t reserved, Py_ssize_t used) noexcept nogil:
     """Give back the unused tail of the last eng_rtcp_reserve."""
     e.rtcp_used -= reserved - used
     e.tx_iov[2 * (e.tx_count - 1)].iov_len = used
 
 
-cdef void eng_flush(Engine e) noexcept:
+cdef void eng_flush(Engine e) noexcept nogil:
     cdef int off = 0, r, k
     cdef int fd
     cdef Py_ssize_t nbytes
