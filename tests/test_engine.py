@@ -324,6 +324,8 @@ def test_event_ring_overflow_is_counted() -> None:
 
 
 def test_forwarding_allocates_no_python_objects_per_packet() -> None:
+    # The data path (eng_* in native/) is compiled nogil, so Cython rejects any Python
+    # object operation there at build time; this checks nothing is retained per packet.
     nd = Node(viewers=20)
     try:
         pkt = n.build_rtp(96, 1, 1, 1111, b"z" * 1100)
