@@ -102,6 +102,7 @@ cdef extern from "<sys/timerfd.h>" nogil:
     enum:
         BENCH_TFD_NONBLOCK "TFD_NONBLOCK"
         BENCH_TFD_CLOEXEC "TFD_CLOEXEC"
+        BENCH_TFD_TIMER_ABSTIME "TFD_TIMER_ABSTIME"
 
 import socket as bench_socket_mod
 
@@ -445,26 +446,47 @@ cdef class UdpBlaster:
         return done
 
 
+cdef inline double bench_uniform(unsigned long long *state) noexcept nogil:
+    # xorshift64*: cheap jitter, no libc rand state shared with anyone.
+    cdef unsigned long long x = state[0]
+    x ^= x >> 12
+    x ^= x << 25
+    x ^= x >> 27
+    state[0] = x
+    return <double>((x * 2685821657736338717ULL) >> 11) * (1.0 / 9007199254740992.0)
+
+
+cdef inline void bench_arm(int tfd, long long when_ns) noexcept nogil:
+    cdef bench_itimerspec its
+    its.it_interval.tv_sec = 0
+    its.it_interval.tv_nsec = 0
+    its.it_value.tv_sec = when_ns // 1000000000
+    its.it_value.tv_nsec = when_ns % 1000000000
+    bench_timerfd_settime(tfd, BENCH_TFD_TIMER_ABSTIME, &its, NULL)
+
+
 cdef long long bench_drive_loop(UdpBlaster blaster, UdpSink sink, double rate,
                                 long long dur_ns, long long drain_ns, int burst) noexcept nogil:
-    cdef long long t0 = bench_now_ns(), now, due, sent = 0
-    cdef long long t_end = t0 + dur_ns, t_stop = t_end + drain_ns, interval
-    cdef int tfd = -1, fired = 0, r, timeout
-    cdef unsigned long long expirations
-    cdef bench_itimerspec its
+    cdef long long t0 = bench_now_ns(), now, sent = 0, next_fire = 0
+    cdef long long t_end = t0 + dur_ns, t_stop = t_end + drain_ns
+    cdef double interval = 0.0
+    cdef int tfd = -1, fired = 0, r, timeout, per_fire = 1, rounds
+    cdef unsigned long long expirations, rng = 0x9E3779B97F4A7C15ULL ^ <unsigned long long>t0
     cdef bint sending = True, paced = rate > 0
     if paced:
-        # A timer paces the sends; below 50 µs per packet several go per tick.
-        interval = <long long>(1e9 / rate)
-        if interval < 50000:
-            interval = 50000
+        # One-shot timer, rearmed with jitter U(0.5, 1.5) x the mean interval: a strictly
+        # periodic sender phase-locks with the kernel tick, which then samples the
+        # forwarder at the same point of every packet and skews its user/system split.
+        # Above 20k packets/s several packets go per timer fire (>= 50 µs apart on average).
+        per_fire = <int>(rate * 50e-6 + 0.5)
+        if per_fire < 1:
+            per_fire = 1
+        interval = per_fire * 1e9 / rate
         tfd = bench_timerfd_create(BENCH_CLOCK_MONOTONIC, BENCH_TFD_NONBLOCK | BENCH_TFD_CLOEXEC)
         if tfd < 0:
             return -1
-        its.it_interval.tv_sec = interval // 1000000000
-        its.it_interval.tv_nsec = interval % 1000000000
-        its.it_value = its.it_interval
-        bench_timerfd_settime(tfd, 0, &its, NULL)
+        next_fire = t0 + <long long>(interval * (0.5 + bench_uniform(&rng)))
+        bench_arm(tfd, next_fire)
         bench_epoll_add(sink._epfd, tfd, BENCH_TIMER_TAG)
     while True:
         now = bench_now_ns()
@@ -475,7 +497,7 @@ cdef long long bench_drive_loop(UdpBlaster blaster, UdpSink sink, double rate,
                 break
             timeout = <int>((t_stop - now) // 1000000) + 1
         elif paced:
-            timeout = -1
+            timeout = <int>((t_end - now) // 1000000) + 1
         else:
             timeout = 0
         fired = 0
@@ -485,17 +507,24 @@ cdef long long bench_drive_loop(UdpBlaster blaster, UdpSink sink, double rate,
         if not sending:
             continue
         if paced:
-            due = <long long>((bench_now_ns() - t0) * rate / 1e9) - sent
-            if due > 4 * BENCH_BATCH:
-                due = 4 * BENCH_BATCH  # catch up gradually; keep draining the sinks
+            # Catch up on missed fires a few at a time so the sinks keep being drained.
+            rounds = 0
+            now = bench_now_ns()
+            while now >= next_fire and rounds < 16:
+                r = blaster._send(per_fire)
+                if r > 0:
+                    sent += r
+                next_fire += <long long>(interval * (0.5 + bench_uniform(&rng)))
+                rounds += 1
+            bench_arm(tfd, next_fire)
         else:
-            due = burst
-        while due > 0:
-            r = blaster._send(<int>due)
-            if r <= 0:
-                break
-            sent += r
-            due -= r
+            r = burst
+            while r > 0:
+                fired = blaster._send(r)
+                if fired <= 0:
+                    break
+                sent += fired
+                r -= fired
     if tfd >= 0:
         bench_epoll_ctl(sink._epfd, BENCH_EPOLL_CTL_DEL, tfd, NULL)
         bench_close(tfd)

@@ -199,18 +199,18 @@ cdef void eng_send_reports(Engine e, double now) noexcept nogil:
                     e.ss[sid * N_SRC_FIELDS + S_HIGHEST_SEQ] = blocks[nb].highest
                 nb += 1
         if nb:
-            out = eng_rtcp_reserve(e, s.pid, 8 + 24 * nb + 12)
+            out = eng_rtcp_reserve(e, s.pid, 8 + 24 * nb + sdes_size(3))
             if out != NULL:
                 used = build_rr_into(out, e.node_ssrc, blocks, nb)
                 used += build_sdes_into(out + used, e.node_ssrc, b"sfu", 3)
-                eng_rtcp_shrink(e, 8 + 24 * nb + 12, used)
+                eng_rtcp_shrink(e, 8 + 24 * nb + sdes_size(3), used)
         # SR to each viewer about the stream it receives.
         for i in range(s.ndts):
             did = s.dts[i]
             t = &e.dts[did]
             if not t.started:
                 continue
-            out = eng_rtcp_reserve(e, t.pid, 28 + 12)
+            out = eng_rtcp_reserve(e, t.pid, 28 + sdes_size(3))
             if out == NULL:
                 continue
             used = build_sr_into(
@@ -218,5 +218,5 @@ cdef void eng_send_reports(Engine e, double now) noexcept nogil:
                 t.last_out_ts + <uint32_t>((now - t.last_out_time) * s.clock_rate),
                 t.sr_packets, t.sr_octets, NULL, 0)
             used += build_sdes_into(out + used, t.out_ssrc, b"sfu", 3)
-            eng_rtcp_shrink(e, 40, used)
+            eng_rtcp_shrink(e, 28 + sdes_size(3), used)
             e.ds[did * N_DT_FIELDS + D_SR_SENT] += 1

@@ -49,9 +49,11 @@ cdef int eng_push_datagram(Engine e, int kind, int tid, const sockaddr_in *a,
     """Queue a control datagram (STUN) for Python. Returns 0 if it had to be dropped."""
     cdef int32_t ds
     cdef int64_t *slot
-    if e.ev_count >= e.event_ring or e.ev_data_count >= EVENT_DATA_SLOTS or n > EVENT_DATA_SIZE:
-        e.ev_overflow += 1
-        e.c[C_DROP_EVENT_OVERFLOW] += 1
+    if n > EVENT_DATA_SIZE:
+        e.c[C_DROP_MALFORMED] += 1     # no STUN message we accept is this large
+        return 0
+    if e.ev_count >= e.event_ring or e.ev_data_count >= EVENT_DATA_SLOTS:
+        e.ev_overflow += 1             # the caller counts the datagram as drop_event_queue
         return 0
     ds = (e.ev_data_head + e.ev_data_count) % EVENT_DATA_SLOTS
     memcpy(e.ev_data + EVENT_DATA_SIZE * ds, d, n)
@@ -77,7 +79,7 @@ cdef Py_ssize_t eng_on_readable(Engine e, int tid, double now) noexcept nogil:
         if e.n_free_slots < want:
             want = e.n_free_slots
         if want == 0:
-            e.c[C_DROP_NO_SLOT] += 1
+            e.c[C_RECV_NO_SLOT] += 1   # left in the socket buffer, nothing dropped here
             break
         for i in range(want):
             slot = e.free_slots[e.n_free_slots - 1 - i]
@@ -106,6 +108,9 @@ cdef Py_ssize_t eng_on_readable(Engine e, int tid, double now) noexcept nogil:
             if e.rx_hdrs[i].msg_hdr.msg_namelen != sizeof(sockaddr_in) or e.rx_addr[i].sin_family != AF_INET:
                 e.c[C_DROP_UNBOUND] += 1
                 continue
+            if e.rx_hdrs[i].msg_hdr.msg_flags & MSG_TRUNC:
+                e.c[C_DROP_MALFORMED] += 1   # larger than a slot: never forward a cut packet
+                continue
             eng_process(e, tid, e.rx_slot[i], e.rx_hdrs[i].msg_len, &e.rx_addr[i], now)
         eng_flush(e)
         for i in range(n):
@@ -131,6 +136,8 @@ cdef void eng_process(Engine e, int tid, int32_t slot, Py_ssize_t n, const socka
             e.c[C_DROP_MALFORMED] += 1
         elif eng_push_datagram(e, EV_STUN_, tid, a, d, n):
             e.c[C_RX_STUN] += 1
+        elif n <= EVENT_DATA_SIZE:
+            e.c[C_DROP_EVENT_QUEUE] += 1
         return
     pid = map_get(&e.addr_map, addr_key(a))
     if pid < 0 or e.peers[pid].tid != tid:

@@ -29,6 +29,7 @@ cdef extern from "<sys/socket.h>" nogil:
     int sendmmsg(int fd, mmsghdr *vec, unsigned int vlen, int flags)
     ssize_t sendto(int fd, const void *buf, size_t n, int flags, const void *addr, socklen_t alen)
     int MSG_DONTWAIT
+    int MSG_TRUNC
     int AF_INET
 
 cdef extern from "<netinet/in.h>" nogil:

@@ -24,7 +24,7 @@ def parse_rtp(const uint8_t[::1] data not None):
         end = p + v.ext_size
         if v.ext_profile == 0xBEDE:
             while p < end:
-                if d[p] == 0:
+                if (d[p] >> 4) == 0:
                     p += 1
                     continue
                 eid = d[p] >> 4
@@ -33,7 +33,8 @@ def parse_rtp(const uint8_t[::1] data not None):
                 elen = (d[p] & 0x0F) + 1
                 if p + 1 + elen > end:
                     raise ValueError("header extension element overruns the extension block")
-                exts[eid] = bytes(data[p + 1:p + 1 + elen])
+                if eid not in exts:   # first occurrence wins, as in rtp_extension
+                    exts[eid] = bytes(data[p + 1:p + 1 + elen])
                 p += 1 + elen
         elif (v.ext_profile & 0xFFF0) == 0x1000:
             while p < end:
@@ -46,7 +47,8 @@ def parse_rtp(const uint8_t[::1] data not None):
                 elen = d[p + 1]
                 if p + 2 + elen > end:
                     raise ValueError("header extension element overruns the extension block")
-                exts[eid] = bytes(data[p + 2:p + 2 + elen])
+                if eid not in exts:
+                    exts[eid] = bytes(data[p + 2:p + 2 + elen])
                 p += 2 + elen
     return {
         "version": 2,
@@ -358,7 +360,12 @@ def build_bye(ssrcs, str reason=""):
 
 
 def build_nack(unsigned int sender_ssrc, unsigned int media_ssrc, lost):
-    seqs = sorted({s & 0xFFFF for s in lost})
+    lost = [s & 0xFFFF for s in lost]
+    if not lost:
+        raise ValueError("NACK needs at least one lost sequence number")
+    first = lost[0]
+    # Order relative to the first loss so runs across the 65535 -> 0 wrap pack together.
+    seqs = sorted(set(lost), key=lambda s: (s - first) & 0xFFFF)
     items = []
     while seqs:
         pid = seqs.pop(0)

@@ -104,11 +104,14 @@ cdef inline Py_ssize_t build_rr_into(uint8_t *out, uint32_t ssrc, const ReportBl
     return total
 
 
+cdef inline Py_ssize_t sdes_size(int cname_len) noexcept nogil:
+    return 4 + ((4 + 2 + cname_len + 1 + 3) // 4) * 4
+
+
 cdef inline Py_ssize_t build_sdes_into(uint8_t *out, uint32_t ssrc, const uint8_t *cname,
                                        int cname_len) noexcept nogil:
     # One chunk: SSRC, CNAME item, terminating zero, padded to 32 bits.
-    cdef Py_ssize_t body = 4 + 2 + cname_len + 1
-    cdef Py_ssize_t total = 4 + ((body + 3) // 4) * 4
+    cdef Py_ssize_t total = sdes_size(cname_len)
     memset(out, 0, total)
     rtcp_header(out, 1, RTCP_SDES, total)
     wr32(out + 4, ssrc)

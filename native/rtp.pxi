@@ -90,7 +90,7 @@ cdef inline int rtp_ext_find(const uint8_t *d, const RtpView *v, int ext_id,
         return 0
     if v.ext_profile == 0xBEDE:
         while p < end:
-            if d[p] == 0:          # padding byte
+            if (d[p] >> 4) == 0:   # id 0 is padding: skip the byte (as libwebrtc does)
                 p += 1
                 continue
             eid = d[p] >> 4
