@@ -1,0 +1,5 @@
+"""``python -m sfu`` → the ``sfu`` command line."""
+
+from sfu.cli import main
+
+raise SystemExit(main())

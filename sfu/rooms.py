@@ -1,0 +1,348 @@
+"""Rooms, participants, tracks and subscriptions: string ids ↔ native int handles.
+
+This is the single owner of the mapping between control-plane ids and Engine handles.
+Every state change goes through here and emits exactly one event on the EventBus
+(design.md §4), in the order a consumer needs to rebuild the state.
+Input is assumed validated by sfu/node.py; state conflicts raise typed sfu.errors.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from sfu import _native
+from sfu.errors import Conflict, LimitExceeded, NotFound, Unauthorized
+from sfu.events import EventBus
+
+ROLES = ("host", "cohost", "audience")
+PUBLISHING_ROLES = ("host", "cohost")
+KINDS = {"audio": _native.KIND_AUDIO, "video": _native.KIND_VIDEO}
+
+
+@dataclass(slots=True)
+class Layer:
+    rid: str
+    ssrc: int
+    rtx_ssrc: int | None
+
+    def describe(self) -> dict[str, Any]:
+        return {"rid": self.rid, "ssrc": self.ssrc, "rtx_ssrc": self.rtx_ssrc}
+
+
+@dataclass(slots=True)
+class Subscription:
+    subscription_id: str
+    track_id: str
+    participant_id: str  # the subscriber
+    did: int  # native downtrack handle
+    ssrc: int
+    payload_type: int
+    rtx_ssrc: int | None
+
+
+@dataclass(slots=True)
+class Track:
+    track_id: str
+    participant_id: str  # the publisher
+    kind: str
+    codec: str
+    payload_type: int
+    clock_rate: int
+    layers: list[Layer]
+    sid: int  # native source handle
+    subscriptions: dict[str, Subscription] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "track": self.track_id, "participant": self.participant_id, "kind": self.kind,
+            "codec": self.codec, "payload_type": self.payload_type,
+            "clock_rate": self.clock_rate, "layers": [lay.describe() for lay in self.layers],
+            "subscribers": [{"participant": s.participant_id, "subscription": s.subscription_id}
+                            for s in self.subscriptions.values()],
+        }
+
+
+@dataclass(slots=True)
+class Participant:
+    participant_id: str
+    room_id: str
+    role: str
+    pid: int  # native peer handle
+    ice_ufrag: str
+    ice_pwd: str
+    token: str
+    address: tuple[str, int] | None = None
+    tracks: dict[str, Track] = field(default_factory=dict)  # published
+    subscriptions: dict[str, Subscription] = field(default_factory=dict)  # as subscriber
+
+    @property
+    def address_str(self) -> str | None:
+        return None if self.address is None else f"{self.address[0]}:{self.address[1]}"
+
+
+@dataclass(slots=True)
+class Room:
+    room_id: str
+    max_participants: int
+    max_cohosts: int | None
+    participants: dict[str, Participant] = field(default_factory=dict)
+    tracks: dict[str, Track] = field(default_factory=dict)
+
+
+class RoomManager:
+    """All rooms of one node, on one Engine and one media transport (``tid``)."""
+
+    def __init__(self, engine: _native.Engine, bus: EventBus, tid: int, *,
+                 max_rooms: int, max_participants_per_room: int) -> None:
+        self.engine = engine
+        self.bus = bus
+        self.tid = tid
+        self.max_rooms = max_rooms
+        self.max_participants_per_room = max_participants_per_room
+        self.rooms: dict[str, Room] = {}
+        self.by_ufrag: dict[str, Participant] = {}
+        self.by_pid: dict[int, Participant] = {}
+        self._ssrcs: set[int] = set()  # every SSRC in use on the node, in or out
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def room(self, room_id: str) -> Room:
+        room = self.rooms.get(room_id)
+        if room is None:
+            raise NotFound(f"room {room_id!r} does not exist")
+        return room
+
+    def participant(self, room_id: str, participant_id: str) -> Participant:
+        p = self.room(room_id).participants.get(participant_id)
+        if p is None:
+            raise NotFound(f"participant {participant_id!r} is not in room {room_id!r}")
+        return p
+
+    def _emit(self, room_id: str, name: str, data: dict[str, Any]) -> None:
+        self.bus.publish(room_id, name, data)
+
+    # -- rooms -----------------------------------------------------------------------------
+
+    def create_room(self, room_id: str, max_participants: int | None,
+                    max_cohosts: int | None) -> Room:
+        if room_id in self.rooms:
+            raise Conflict(f"room {room_id!r} already exists")
+        if len(self.rooms) >= self.max_rooms:
+            raise LimitExceeded(f"node has reached max_rooms={self.max_rooms}")
+        cap = self.max_participants_per_room
+        if max_participants is not None and max_participants > cap:
+            raise LimitExceeded(f"max_participants {max_participants} exceeds the node "
+                                f"limit {cap}")
+        room = Room(room_id, max_participants or cap, max_cohosts)
+        self.rooms[room_id] = room
+        options: dict[str, Any] = {"max_participants": room.max_participants,
+                                   "max_cohosts": max_cohosts}
+        self._emit(room_id, "room.created", {"room": room_id, "options": options})
+        return room
+
+    def close_room(self, room_id: str) -> None:
+        room = self.room(room_id)
+        # One event for the whole teardown: consumers drop everything they hold for the room.
+        for p in list(room.participants.values()):
+            self._drop_participant(room, p, emit=False)
+        del self.rooms[room_id]
+        self._emit(room_id, "room.closed", {"room": room_id})
+
+    # -- participants ----------------------------------------------------------------------
+
+    def join(self, room_id: str, participant_id: str, role: str) -> Participant:
+        room = self.room(room_id)
+        if participant_id in room.participants:
+            raise Conflict(f"participant {participant_id!r} already joined room {room_id!r}")
+        if len(room.participants) >= room.max_participants:
+            raise LimitExceeded(f"room {room_id!r} is full ({room.max_participants})")
+        if role == "cohost" and room.max_cohosts is not None:
+            cohosts = sum(1 for p in room.participants.values() if p.role == "cohost")
+            if cohosts >= room.max_cohosts:
+                raise LimitExceeded(f"room {room_id!r} has max_cohosts={room.max_cohosts}")
+        try:
+            pid = self.engine.add_peer(self.tid)
+        except ValueError as exc:  # engine tables full
+            raise LimitExceeded(f"node cannot take more participants: {exc}") from exc
+        ufrag = secrets.token_hex(4)
+        while ufrag in self.by_ufrag:
+            ufrag = secrets.token_hex(4)
+        # ice-pwd needs ≥ 22 chars of ice-char (RFC 8839 §5.4); 24 urlsafe chars, minus '-'
+        # and '_' which are not ice-chars.
+        pwd = secrets.token_urlsafe(24).replace("-", "+").replace("_", "/")
+        p = Participant(participant_id, room_id, role, pid, ufrag, pwd, secrets.token_urlsafe(24))
+        room.participants[participant_id] = p
+        self.by_ufrag[ufrag] = p
+        self.by_pid[pid] = p
+        self._emit(room_id, "participant.joined", {"participant": participant_id, "role": role})
+        return p
+
+    def bind(self, p: Participant, host: str, port: int) -> str:
+        """Bind (or move) a participant's media address. Returns "bound" (first address),
+        "moved" (new address) or "same". Raises Conflict if another participant holds it."""
+        previous = p.address
+        try:
+            self.engine.bind_peer(p.pid, host, port)
+        except ValueError as exc:
+            raise Conflict(f"address {host}:{port} is bound to another participant") from exc
+        p.address = (host, port)
+        if previous is None:
+            return "bound"
+        if previous == p.address:
+            return "same"
+        self._emit(p.room_id, "participant.moved", {
+            "participant": p.participant_id, "address": p.address_str,
+            "previous": f"{previous[0]}:{previous[1]}"})
+        return "moved"
+
+    def leave(self, room_id: str, participant_id: str) -> None:
+        room = self.room(room_id)
+        p = self.participant(room_id, participant_id)
+        self._drop_participant(room, p, emit=True)
+        self._emit(room_id, "participant.left", {"participant": participant_id})
+
+    def _drop_participant(self, room: Room, p: Participant, *, emit: bool) -> None:
+        for sub in list(p.subscriptions.values()):
+            self._drop_subscription(room, sub, emit=emit, native=False)
+        for track in list(p.tracks.values()):
+            self._drop_track(room, track, emit=emit, native=False)
+        del room.participants[p.participant_id]
+        self.by_ufrag.pop(p.ice_ufrag, None)
+        self.by_pid.pop(p.pid, None)
+        # The engine frees the peer's sources and every downtrack to or from it.
+        self.engine.remove_peer(p.pid)
+
+    # -- tracks ----------------------------------------------------------------------------
+
+    def publish(self, room_id: str, participant_id: str, kind: str, codec: str,
+                payload_type: int, clock_rate: int, layers: list[Layer]) -> Track:
+        room = self.room(room_id)
+        p = self.participant(room_id, participant_id)
+        if p.role not in PUBLISHING_ROLES:
+            raise Unauthorized(f"participant {participant_id!r} has role {p.role!r} and "
+                               "may not publish")
+        wanted = [lay.ssrc for lay in layers] + [lay.rtx_ssrc for lay in layers if lay.rtx_ssrc]
+        taken = [s for s in wanted if s in self._ssrcs]
+        if taken:
+            raise Conflict(f"ssrc {taken[0]} is already in use on this node")
+        try:
+            sid = self.engine.add_source(p.pid, KINDS[kind], clock_rate)
+        except ValueError as exc:
+            raise LimitExceeded(f"node cannot take more tracks: {exc}") from exc
+        try:
+            for index, lay in enumerate(layers):
+                self.engine.add_ingress(sid, lay.ssrc, payload_type, lay.rtx_ssrc or 0, index)
+        except ValueError as exc:
+            self.engine.remove_source(sid)
+            raise Conflict(f"cannot publish: {exc}") from exc
+        self._ssrcs.update(wanted)
+        track_id = "TR_" + secrets.token_hex(6)
+        track = Track(track_id, participant_id, kind, codec, payload_type, clock_rate,
+                      layers, sid)
+        p.tracks[track_id] = track
+        room.tracks[track_id] = track
+        self._emit(room_id, "track.published", {
+            "track": track_id, "participant": participant_id, "kind": kind, "codec": codec,
+            "layers": [lay.describe() for lay in layers]})
+        return track
+
+    def unpublish(self, room_id: str, participant_id: str, track_id: str) -> None:
+        room = self.room(room_id)
+        p = self.participant(room_id, participant_id)
+        track = p.tracks.get(track_id)
+        if track is None:
+            raise NotFound(f"participant {participant_id!r} has no track {track_id!r}")
+        self._drop_track(room, track, emit=True, native=True)
+
+    def _drop_track(self, room: Room, track: Track, *, emit: bool, native: bool) -> None:
+        for sub in list(track.subscriptions.values()):
+            self._drop_subscription(room, sub, emit=emit, native=False)
+        publisher = room.participants[track.participant_id]
+        del publisher.tracks[track.track_id]
+        del room.tracks[track.track_id]
+        for lay in track.layers:
+            self._ssrcs.discard(lay.ssrc)
+            if lay.rtx_ssrc:
+                self._ssrcs.discard(lay.rtx_ssrc)
+        if native:  # remove_source also frees the source's downtracks
+            self.engine.remove_source(track.sid)
+        if emit:
+            self._emit(room.room_id, "track.unpublished", {
+                "track": track.track_id, "participant": track.participant_id})
+
+    # -- subscriptions ---------------------------------------------------------------------
+
+    def _new_ssrc(self) -> int:
+        while True:
+            ssrc = secrets.randbits(32)
+            if ssrc and ssrc not in self._ssrcs:
+                return ssrc
+
+    def subscribe(self, room_id: str, participant_id: str, track_id: str) -> Subscription:
+        room = self.room(room_id)
+        p = self.participant(room_id, participant_id)
+        track = room.tracks.get(track_id)
+        if track is None:
+            raise NotFound(f"track {track_id!r} does not exist in room {room_id!r}")
+        if any(s.track_id == track_id for s in p.subscriptions.values()):
+            raise Conflict(f"participant {participant_id!r} already subscribes to {track_id!r}")
+        ssrc = self._new_ssrc()
+        try:
+            did = self.engine.add_downtrack(track.sid, p.pid, ssrc, track.payload_type)
+        except ValueError as exc:
+            raise LimitExceeded(f"node cannot take more subscriptions: {exc}") from exc
+        self._ssrcs.add(ssrc)
+        # RTX toward subscribers is not sent yet; the SSRC is reserved so clients can
+        # already signal it.
+        rtx_ssrc = self._new_ssrc()
+        self._ssrcs.add(rtx_ssrc)
+        sub = Subscription("SU_" + secrets.token_hex(6), track_id, participant_id, did, ssrc,
+                           track.payload_type, rtx_ssrc)
+        p.subscriptions[sub.subscription_id] = sub
+        track.subscriptions[sub.subscription_id] = sub
+        self._emit(room_id, "subscription.created", {
+            "subscription": sub.subscription_id, "participant": participant_id,
+            "track": track_id, "ssrc": ssrc})
+        return sub
+
+    def unsubscribe(self, room_id: str, participant_id: str, subscription_id: str) -> None:
+        room = self.room(room_id)
+        p = self.participant(room_id, participant_id)
+        sub = p.subscriptions.get(subscription_id)
+        if sub is None:
+            raise NotFound(f"participant {participant_id!r} has no subscription "
+                           f"{subscription_id!r}")
+        self._drop_subscription(room, sub, emit=True, native=True)
+
+    def _drop_subscription(self, room: Room, sub: Subscription, *, emit: bool,
+                           native: bool) -> None:
+        room.participants[sub.participant_id].subscriptions.pop(sub.subscription_id, None)
+        track = room.tracks.get(sub.track_id)
+        if track is not None:
+            track.subscriptions.pop(sub.subscription_id, None)
+        self._ssrcs.discard(sub.ssrc)
+        if sub.rtx_ssrc:
+            self._ssrcs.discard(sub.rtx_ssrc)
+        if native:
+            self.engine.remove_downtrack(sub.did)
+        if emit:
+            self._emit(room.room_id, "subscription.removed", {
+                "subscription": sub.subscription_id, "participant": sub.participant_id,
+                "track": sub.track_id})
+
+    # -- views -----------------------------------------------------------------------------
+
+    def snapshot(self, room_id: str) -> dict[str, Any]:
+        room = self.room(room_id)
+        return {
+            "room": room_id,
+            "seq": self.bus.last_seq(room_id),
+            "participants": [{"participant": p.participant_id, "role": p.role,
+                              "address": p.address_str} for p in room.participants.values()],
+            "tracks": [t.describe() for t in room.tracks.values()],
+        }
+
+    def participant_count(self) -> int:
+        return len(self.by_pid)
