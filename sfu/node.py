@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -123,7 +124,10 @@ class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.bus = EventBus()
-        self.engine = _native.Engine(max_peers=16384, max_downtracks=65536)
+        # RFC 3550 §8: the node's own RTCP sender SSRC is random and never given out.
+        self.node_ssrc = secrets.randbits(32) or 1
+        self.engine = _native.Engine(max_peers=16384, max_downtracks=65536,
+                                     node_ssrc=self.node_ssrc)
         self.udp: UdpTransport | None = None
         self._rooms: RoomManager | None = None
         self._stats: StatsView | None = None
@@ -150,6 +154,7 @@ class Node:
         self.udp = UdpTransport(self.engine, loop, self.config.udp_host, self.config.udp_port)
         self._rooms = RoomManager(self.engine, self.bus, self.udp.tid,
                                   max_rooms=self.config.max_rooms,
+                                  reserved_ssrcs=(self.node_ssrc,),
                                   max_participants_per_room=self.config.max_participants_per_room)
         self.udp.start(self._rooms)
         self._stats = StatsView(self.engine, self.udp)

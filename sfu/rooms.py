@@ -95,7 +95,8 @@ class RoomManager:
     """All rooms of one node, on one Engine and one media transport (``tid``)."""
 
     def __init__(self, engine: _native.Engine, bus: EventBus, tid: int, *,
-                 max_rooms: int, max_participants_per_room: int) -> None:
+                 max_rooms: int, max_participants_per_room: int,
+                 reserved_ssrcs: tuple[int, ...] = ()) -> None:
         self.engine = engine
         self.bus = bus
         self.tid = tid
@@ -104,7 +105,8 @@ class RoomManager:
         self.rooms: dict[str, Room] = {}
         self.by_ufrag: dict[str, Participant] = {}
         self.by_pid: dict[int, Participant] = {}
-        self._ssrcs: set[int] = set()  # every SSRC in use on the node, in or out
+        # Every SSRC in use on the node, in or out, plus the node's own (RTCP sender).
+        self._ssrcs: set[int] = set(reserved_ssrcs)
 
     # -- lookups ---------------------------------------------------------------------------
 
