@@ -57,7 +57,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("--secret", default=os.environ.get(SECRET_ENV), metavar="S")
 
     demo = sub.add_parser("demo", help="run a local co-streaming demo with synthetic viewers")
-    demo.add_argument("--viewers", type=int, default=3, metavar="N")
+    demo.add_argument("--viewers", type=int, default=10, metavar="N")
     demo.add_argument("--seconds", type=float, default=10.0, metavar="S")
     return parser
 
@@ -96,8 +96,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    if args.viewers < 0 or args.seconds <= 0:
-        raise UsageError("--viewers must be >= 0 and --seconds > 0")
+    if args.viewers < 1 or args.seconds <= 0:
+        raise UsageError("--viewers must be >= 1 and --seconds > 0")
     from sfu.client.demo import run_demo  # lazy: pulls in media libraries
 
     result = run_demo(args.viewers, args.seconds)
