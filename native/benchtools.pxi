@@ -110,12 +110,13 @@ cdef enum:
     BENCH_BATCH = 64          # datagrams per recvmmsg / blaster sendmmsg
     BENCH_OUT_MAX = 1024      # sendmmsg vlen limit (UIO_MAXIOV)
     BENCH_SLOT = 2048         # receive slot size, > any datagram we send
-    BENCH_HIST = 50000        # latency histogram: 1 µs buckets up to 50 ms
+    BENCH_HIST_US = 50000     # latency histogram: 1 µs buckets up to 50 ms,
+    BENCH_HIST = 50000 + 9950  # then 1 ms buckets from 50 ms up to 10 s
     BENCH_MAGIC_OFF = 12      # offsets inside the RTP payload (see header comment)
     BENCH_TS_OFF = 20
     BENCH_SEQ_OFF = 28
     BENCH_MIN_SIZE = 12 + 32
-    BENCH_TIMER_TAG = 0xFFFFFFFF
+    BENCH_TIMER_TAG = 0x7FFFFFFF  # epoll tag of the pacing timer (sockets use 0..n-1)
 
 cdef const char *BENCH_MAGIC = b"SFUBENCH"
 BENCH_SOCKBUF = 4 * 1024 * 1024
@@ -165,7 +166,8 @@ cdef class UdpSink:
     """N subscriber sockets drained by one epoll + recvmmsg loop.
 
     Counts datagrams per socket, and for bench packets records receive - send time in a
-    1 µs histogram (C arrays; nothing allocated per packet). Anything else (RTCP, foreign
+    histogram (1 µs buckets to 50 ms, then 1 ms to 10 s; C arrays, nothing allocated per
+    packet). Anything else (RTCP, foreign
     datagrams) is counted as ``other``.
     """
     # Allocated here.
@@ -263,26 +265,27 @@ cdef class UdpSink:
         self._lat_sum += lat
         if lat > self._lat_max:
             self._lat_max = lat
-        if lat // 1000 < BENCH_HIST:
+        if lat // 1000 < BENCH_HIST_US:
             self._hist[lat // 1000] += 1
+        elif lat // 1000000 - 50 + BENCH_HIST_US < BENCH_HIST:
+            self._hist[lat // 1000000 - 50 + BENCH_HIST_US] += 1
         else:
             self._over += 1
 
     cdef int _drain_one(self, int idx) noexcept nogil:
-        # Empty one socket; the receive time is read once per recvmmsg batch.
-        cdef int r, i, got = 0
+        # One batch per ready socket per round (epoll is level-triggered, the rest comes
+        # next round): a sink with a deep backlog must not starve the blaster sharing this
+        # loop. The receive time is read once per recvmmsg batch.
+        cdef int r, i
         cdef long long now
-        while True:
-            r = bench_recvmmsg(self._fds[idx], self._msgs, BENCH_BATCH, BENCH_MSG_DONTWAIT, NULL)
-            if r <= 0:
-                return got
-            now = bench_now_ns()
-            for i in range(r):
-                self._account(self._buf + i * BENCH_SLOT, self._msgs[i].msg_len, now)
-            self._count[idx] += r
-            got += r
-            if r < BENCH_BATCH:
-                return got
+        r = bench_recvmmsg(self._fds[idx], self._msgs, BENCH_BATCH, BENCH_MSG_DONTWAIT, NULL)
+        if r <= 0:
+            return 0
+        now = bench_now_ns()
+        for i in range(r):
+            self._account(self._buf + i * BENCH_SLOT, self._msgs[i].msg_len, now)
+        self._count[idx] += r
+        return r
 
     cdef int _wait(self, int timeout_ms, int *timer_fired) noexcept nogil:
         # One epoll round; drains every ready socket. Reports a tagged timer separately.
@@ -298,7 +301,8 @@ cdef class UdpSink:
         return got
 
     def poll(self, int timeout_ms=0) -> int:
-        """Wait up to timeout_ms for datagrams and drain the ready sockets; returns how many."""
+        """Wait up to timeout_ms for datagrams, then read up to one batch (64) from each
+        ready socket; returns how many datagrams were read."""
         cdef int fired = 0, got
         with nogil:
             got = self._wait(timeout_ms, &fired)
@@ -324,7 +328,8 @@ cdef class UdpSink:
                 "lat_max_ns": self._lat_max}
 
     def histogram(self) -> bytes:
-        """Latency histogram as native-endian int64 counts, bucket i = [i, i+1) µs."""
+        """Latency histogram as native-endian int64 counts: bucket i < 50000 is
+        [i, i+1) µs, bucket 50000 + j is [50 + j, 51 + j) ms (up to 10 s)."""
         return (<char *>self._hist)[:BENCH_HIST * sizeof(long long)]
 
 
@@ -348,6 +353,7 @@ cdef class UdpBlaster:
     cdef unsigned int _ts
     cdef readonly unsigned long long sent
     cdef readonly unsigned long long errors
+    cdef int _stop  # set from another thread by stop_drive(); read by bench_drive's loop
 
     def __init__(self, str host, int port, int size=1100, unsigned int ssrc=0x5EB0BE1,
                  int payload_type=96, str bind_host="127.0.0.1"):
@@ -397,6 +403,11 @@ cdef class UdpBlaster:
     def port(self) -> int:
         return self._sock.getsockname()[1]
 
+    def stop_drive(self) -> None:
+        """Make a bench_drive running on another thread stop sending now (it still drains
+        for its ``drain`` time)."""
+        self._stop = 1
+
     def set_destination(self, str host, int port) -> None:
         bench_fill_addr(&self._dst, host, port)
 
@@ -407,7 +418,7 @@ cdef class UdpBlaster:
         # Stamp up to one batch and send it; returns how many the kernel took.
         cdef int i, k, r
         cdef unsigned char *p
-        cdef unsigned int seq
+        cdef unsigned int seq, ts
         cdef unsigned long long now
         if count > BENCH_BATCH:
             count = BENCH_BATCH
@@ -415,12 +426,13 @@ cdef class UdpBlaster:
         for i in range(count):
             p = self._pkts + i * self.size
             seq = self._seq + i
+            ts = self._ts + 3000 * i  # one frame per packet, 30 fps at 90 kHz
             p[2] = (seq >> 8) & 0xFF
             p[3] = seq & 0xFF
-            p[4] = (self._ts >> 24) & 0xFF
-            p[5] = (self._ts >> 16) & 0xFF
-            p[6] = (self._ts >> 8) & 0xFF
-            p[7] = self._ts & 0xFF
+            p[4] = (ts >> 24) & 0xFF
+            p[5] = (ts >> 16) & 0xFF
+            p[6] = (ts >> 8) & 0xFF
+            p[7] = ts & 0xFF
             for k in range(8):
                 p[12 + BENCH_TS_OFF + k] = (now >> (8 * k)) & 0xFF
             for k in range(4):
@@ -430,7 +442,7 @@ cdef class UdpBlaster:
             self.errors += 1
             return 0
         self._seq += r
-        self._ts += 3000 * r  # 30 fps at 90 kHz; one frame per packet
+        self._ts += 3000 * r
         self.sent += r
         return r
 
@@ -490,8 +502,9 @@ cdef long long bench_drive_loop(UdpBlaster blaster, UdpSink sink, double rate,
         bench_epoll_add(sink._epfd, tfd, BENCH_TIMER_TAG)
     while True:
         now = bench_now_ns()
-        if sending and now >= t_end:
+        if sending and (now >= t_end or blaster._stop):
             sending = False
+            t_stop = now + drain_ns
         if not sending:
             if now >= t_stop:
                 break
@@ -541,6 +554,7 @@ def bench_drive(UdpBlaster blaster not None, UdpSink sink not None, double rate,
     cdef long long sent
     if duration < 0 or drain < 0 or burst < 1:
         raise ValueError("duration and drain must be >= 0, burst >= 1")
+    blaster._stop = 0
     with nogil:
         sent = bench_drive_loop(blaster, sink, rate, <long long>(duration * 1e9),
                                 <long long>(drain * 1e9), burst)
@@ -624,9 +638,11 @@ cdef class FloorForwarder:
                 off += r
 
     cdef int _forward(self) noexcept nogil:
-        cdef int r, i, d, k
+        # Drain the socket, but go back to epoll after a budget of copies so the stop fd
+        # is noticed within milliseconds even when the input never runs dry.
+        cdef int r, i, d, k, budget = 8192
         cdef bench_mmsghdr *m
-        while True:
+        while budget > 0:
             r = bench_recvmmsg(self._fd, self._in, BENCH_BATCH, BENCH_MSG_DONTWAIT, NULL)
             if r <= 0:
                 return 0
@@ -649,6 +665,8 @@ cdef class FloorForwarder:
                 self._flush(k)
             if r < BENCH_BATCH:
                 return 0
+            budget -= r * self.ndest
+        return 0
 
     def run(self, int stop_fd) -> None:
         """Forward until stop_fd becomes readable (data or EOF); the caller reads it."""

@@ -74,7 +74,10 @@ cdef Py_ssize_t eng_on_readable(Engine e, int tid, double now) noexcept nogil:
     cdef int i, n, want, rounds
     cdef int32_t slot
     cdef Py_ssize_t total = 0
+    cdef int64_t copies_at_start = e.c[C_FORWARDED]
     for rounds in range(64):     # bounded, so one busy socket cannot starve the loop
+        if e.c[C_FORWARDED] - copies_at_start >= COPY_BUDGET:
+            break                # large fan-outs: let the control plane run in between
         want = e.batch
         if e.n_free_slots < want:
             want = e.n_free_slots
