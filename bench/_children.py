@@ -117,6 +117,8 @@ def main() -> int:
         os.sched_setaffinity(0, {int(cfg["cpu"])})
     if cfg.get("nice"):
         os.setpriority(os.PRIO_PROCESS, 0, int(cfg["nice"]))
+    if cfg.get("rt"):
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(cfg["rt"])))
     dests = [(str(h), int(p)) for h, p in cfg["dests"]]
     if cfg["kind"] == "floor":
         _run_floor(dests)

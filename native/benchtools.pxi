@@ -8,7 +8,10 @@
 # Packet format written by UdpBlaster and understood by UdpSink (RTP, then a VP8 keyframe
 # header so an engine that gates on keyframes forwards it, then the bench fields):
 #   RTP header (12 bytes, marker set) | VP8 descriptor 0x10 | VP8 keyframe tag + start code
-#   payload[12:20] = b"SFUBENCH"  payload[20:28] = CLOCK_MONOTONIC send time, ns, little endian
+#   payload[12:20] = b"SFUBENCH"  payload[20:28] = CLOCK_REALTIME send time, ns, little endian
+# (realtime because the sink compares it with the kernel's SO_TIMESTAMPNS receive stamp,
+# which is taken when the packet is queued to the sink socket, so a sink that drains late
+# does not inflate the latency it reports)
 #   payload[28:32] = blaster sequence number (32 bits, little endian)
 
 cdef extern from "<stdlib.h>" nogil:
@@ -31,6 +34,7 @@ cdef extern from "<time.h>" nogil:
     int bench_clock_gettime "clock_gettime"(int clk, bench_timespec *ts)
     enum:
         BENCH_CLOCK_MONOTONIC "CLOCK_MONOTONIC"
+        BENCH_CLOCK_REALTIME "CLOCK_REALTIME"
 
 cdef extern from "<unistd.h>" nogil:
     long bench_read "read"(int fd, void *buf, size_t n)
@@ -56,8 +60,18 @@ cdef extern from "<sys/socket.h>" nogil:
     int bench_recvmmsg "recvmmsg"(int fd, bench_mmsghdr *vec, unsigned int vlen, int flags,
                                   bench_timespec *timeout)
     int bench_sendmmsg "sendmmsg"(int fd, bench_mmsghdr *vec, unsigned int vlen, int flags)
+    ctypedef struct bench_cmsghdr "struct cmsghdr":
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+    bench_cmsghdr *BENCH_CMSG_FIRSTHDR "CMSG_FIRSTHDR"(bench_msghdr *msg)
+    bench_cmsghdr *BENCH_CMSG_NXTHDR "CMSG_NXTHDR"(bench_msghdr *msg, bench_cmsghdr *c)
+    unsigned char *BENCH_CMSG_DATA "CMSG_DATA"(bench_cmsghdr *c)
     enum:
         BENCH_MSG_DONTWAIT "MSG_DONTWAIT"
+        BENCH_SOL_SOCKET "SOL_SOCKET"
+        BENCH_SCM_TIMESTAMPNS "SCM_TIMESTAMPNS"
+        BENCH_SO_TIMESTAMPNS "SO_TIMESTAMPNS"
 
 cdef extern from "<netinet/in.h>" nogil:
     ctypedef struct bench_in_addr "struct in_addr":
@@ -117,6 +131,7 @@ cdef enum:
     BENCH_SEQ_OFF = 28
     BENCH_MIN_SIZE = 12 + 32
     BENCH_TIMER_TAG = 0x7FFFFFFF  # epoll tag of the pacing timer (sockets use 0..n-1)
+    BENCH_CTRL = 64           # control buffer per datagram (one SCM_TIMESTAMPNS)
 
 cdef const char *BENCH_MAGIC = b"SFUBENCH"
 BENCH_SOCKBUF = 4 * 1024 * 1024
@@ -126,6 +141,17 @@ cdef inline long long bench_now_ns() noexcept nogil:
     cdef bench_timespec ts
     bench_clock_gettime(BENCH_CLOCK_MONOTONIC, &ts)
     return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline long long bench_real_ns() noexcept nogil:
+    cdef bench_timespec ts
+    bench_clock_gettime(BENCH_CLOCK_REALTIME, &ts)
+    return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+def bench_realtime_ns() -> int:
+    """CLOCK_REALTIME in ns: the clock the blaster stamps and SO_TIMESTAMPNS uses."""
+    return bench_real_ns()
 
 
 def bench_monotonic_ns() -> int:
@@ -179,10 +205,11 @@ cdef class UdpSink:
     cdef bench_mmsghdr *_msgs
     cdef bench_iovec *_iov
     cdef bench_epoll_event *_events
+    cdef unsigned char *_ctrl
     # State.
     cdef readonly int n
     cdef int _epfd
-    cdef long long _total, _other, _bench, _over, _lat_sum, _lat_max
+    cdef long long _total, _other, _bench, _over, _lat_sum, _lat_max, _no_kernel_ts
 
     def __cinit__(self):
         self._epfd = -1
@@ -200,9 +227,13 @@ cdef class UdpSink:
         self._msgs = <bench_mmsghdr *>bench_calloc(BENCH_BATCH, sizeof(bench_mmsghdr))
         self._iov = <bench_iovec *>bench_calloc(BENCH_BATCH, sizeof(bench_iovec))
         self._events = <bench_epoll_event *>bench_calloc(256, sizeof(bench_epoll_event))
+        self._ctrl = <unsigned char *>bench_calloc(BENCH_BATCH, BENCH_CTRL)
         if (not self._fds or not self._count or not self._hist or not self._buf
-                or not self._msgs or not self._iov or not self._events):
+                or not self._msgs or not self._iov or not self._events or not self._ctrl):
             raise MemoryError()
+        for s in self._socks:
+            # Kernel receive timestamps (CLOCK_REALTIME) on every datagram.
+            s.setsockopt(bench_socket_mod.SOL_SOCKET, <int>BENCH_SO_TIMESTAMPNS, 1)
         for i in range(BENCH_BATCH):
             self._iov[i].iov_base = self._buf + i * BENCH_SLOT
             self._iov[i].iov_len = BENCH_SLOT
@@ -226,6 +257,7 @@ cdef class UdpSink:
         bench_free(self._msgs)
         bench_free(self._iov)
         bench_free(self._events)
+        bench_free(self._ctrl)
 
     @property
     def ports(self) -> list:
@@ -278,11 +310,27 @@ cdef class UdpSink:
         # loop. The receive time is read once per recvmmsg batch.
         cdef int r, i
         cdef long long now
+        cdef bench_cmsghdr *c
+        cdef bench_timespec *ts
+        cdef long long fallback
+        for i in range(BENCH_BATCH):
+            self._msgs[i].msg_hdr.msg_control = self._ctrl + i * BENCH_CTRL
+            self._msgs[i].msg_hdr.msg_controllen = BENCH_CTRL
         r = bench_recvmmsg(self._fds[idx], self._msgs, BENCH_BATCH, BENCH_MSG_DONTWAIT, NULL)
         if r <= 0:
             return 0
-        now = bench_now_ns()
+        fallback = bench_real_ns()
         for i in range(r):
+            now = fallback
+            c = BENCH_CMSG_FIRSTHDR(&self._msgs[i].msg_hdr)
+            while c != NULL:
+                if c.cmsg_level == BENCH_SOL_SOCKET and c.cmsg_type == BENCH_SCM_TIMESTAMPNS:
+                    ts = <bench_timespec *>BENCH_CMSG_DATA(c)
+                    now = <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+                    break
+                c = BENCH_CMSG_NXTHDR(&self._msgs[i].msg_hdr, c)
+            if now == fallback:
+                self._no_kernel_ts += 1
             self._account(self._buf + i * BENCH_SLOT, self._msgs[i].msg_len, now)
         self._count[idx] += r
         return r
@@ -317,6 +365,7 @@ cdef class UdpSink:
             self._hist[i] = 0
         self._total = self._other = self._bench = self._over = 0
         self._lat_sum = self._lat_max = 0
+        self._no_kernel_ts = 0
 
     def counts(self) -> list:
         """Datagrams received per socket (index-aligned with ports)."""
@@ -325,7 +374,7 @@ cdef class UdpSink:
     def stats(self) -> dict:
         return {"total": self._total, "other": self._other, "bench": self._bench,
                 "hist_over": self._over, "lat_sum_ns": self._lat_sum,
-                "lat_max_ns": self._lat_max}
+                "lat_max_ns": self._lat_max, "no_kernel_ts": self._no_kernel_ts}
 
     def histogram(self) -> bytes:
         """Latency histogram as native-endian int64 counts: bucket i < 50000 is
@@ -422,7 +471,7 @@ cdef class UdpBlaster:
         cdef unsigned long long now
         if count > BENCH_BATCH:
             count = BENCH_BATCH
-        now = <unsigned long long>bench_now_ns()
+        now = <unsigned long long>bench_real_ns()
         for i in range(count):
             p = self._pkts + i * self.size
             seq = self._seq + i

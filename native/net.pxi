@@ -96,3 +96,17 @@ cdef str format_ipv4(uint32_t s_addr):
     a.s_addr = s_addr
     inet_ntop(AF_INET, &a, buf, 32)
     return (<bytes>buf).decode("ascii")
+
+cdef extern from "<time.h>" nogil:
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec *ts)
+    int CLOCK_MONOTONIC
+
+
+cdef inline double monotonic_now() noexcept nogil:
+    """Seconds on CLOCK_MONOTONIC: the clock of time.monotonic() and asyncio's loop."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9

@@ -117,3 +117,11 @@ def build_remb(sender_ssrc: int, bitrate: int, ssrcs: list[int]) -> bytes: ...
 def build_twcc(sender_ssrc: int, media_ssrc: int, base_seq: int, ref_time: int,
                fb_count: int, deltas: list[int | None]) -> bytes:
     """deltas: per packet from base_seq, receive delta in 250 µs units or None (lost)."""
+
+class UdpReader:
+    """Native ``loop.add_reader`` callback: ``engine.on_readable(tid, time.monotonic())``
+    without a Python frame; calls ``on_events()`` only when events are pending."""
+
+    wakeups: int
+    def __init__(self, engine: Engine, tid: int, on_events: object) -> None: ...
+    def __call__(self) -> None: ...

@@ -67,9 +67,13 @@ class UdpTransport:
 
     def start(self, rooms: RoomManager) -> None:
         self._rooms = rooms
-        # Sender reports carry NTP wallclock; the engine only sees loop time.
-        self.engine.set_wallclock_offset(time.time() - self.loop.time())
-        self.loop.add_reader(self.sock.fileno(), self._on_readable)
+        # Sender reports carry NTP wallclock; the engine only sees CLOCK_MONOTONIC
+        # (time.monotonic(), which the native reader also uses).
+        self.engine.set_wallclock_offset(time.time() - time.monotonic())
+        # The read callback is native (no Python frame per wakeup); Python runs only to
+        # drain events.
+        self._reader = _native.UdpReader(self.engine, self.tid, self._drain)
+        self.loop.add_reader(self.sock.fileno(), self._reader)
         self._on_tick()
 
     def close(self) -> None:
@@ -84,19 +88,14 @@ class UdpTransport:
 
     # -- loop callbacks --------------------------------------------------------------------
 
-    def _on_readable(self) -> None:
-        self.engine.on_readable(self.tid, self.loop.time())
-        if self.engine.pending_events:
-            self._drain()
-
     def _on_tick(self) -> None:
-        now = self.loop.time()
+        now = time.monotonic()
         deadline = self.engine.on_tick(now)
         if self.engine.pending_events:
             self._drain()
         deadline = min(max(deadline, now + MIN_TICK), now + MAX_TICK)
         if not self._closed:
-            self._timer = self.loop.call_at(deadline, self._on_tick)
+            self._timer = self.loop.call_later(deadline - now, self._on_tick)
 
     def _drain(self) -> None:
         for event in self.engine.drain_events():
