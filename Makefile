@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip wheel "setuptools>=68"
+	$(PY) -m pip install -q --upgrade pip wheel "setuptools>=77"
 	$(PY) -m pip install -q "Cython>=3.0,<3.4" "numpy>=1.26"
 	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
 	@touch $(STAMP)
@@ -27,7 +27,7 @@ run: build
 	$(VENV)/bin/sfu serve
 
 test: build
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -p no:cacheprovider tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sfu tests bench
