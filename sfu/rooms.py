@@ -125,6 +125,11 @@ class RoomManager:
     def _emit(self, room_id: str, name: str, data: dict[str, Any]) -> None:
         self.bus.publish(room_id, name, data)
 
+    def _release_ssrcs(self, ssrc: int, rtx_ssrc: int | None) -> None:
+        self._ssrcs.discard(ssrc)
+        if rtx_ssrc:
+            self._ssrcs.discard(rtx_ssrc)
+
     # -- rooms -----------------------------------------------------------------------------
 
     def create_room(self, room_id: str, max_participants: int | None,
@@ -265,9 +270,7 @@ class RoomManager:
         del publisher.tracks[track.track_id]
         del room.tracks[track.track_id]
         for lay in track.layers:
-            self._ssrcs.discard(lay.ssrc)
-            if lay.rtx_ssrc:
-                self._ssrcs.discard(lay.rtx_ssrc)
+            self._release_ssrcs(lay.ssrc, lay.rtx_ssrc)
         if native:  # remove_source also frees the source's downtracks
             self.engine.remove_source(track.sid)
         if emit:
@@ -324,9 +327,7 @@ class RoomManager:
         track = room.tracks.get(sub.track_id)
         if track is not None:
             track.subscriptions.pop(sub.subscription_id, None)
-        self._ssrcs.discard(sub.ssrc)
-        if sub.rtx_ssrc:
-            self._ssrcs.discard(sub.rtx_ssrc)
+        self._release_ssrcs(sub.ssrc, sub.rtx_ssrc)
         if native:
             self.engine.remove_downtrack(sub.did)
         if emit:

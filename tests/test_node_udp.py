@@ -1,193 +1,38 @@
-"""Integration: an in-process node (start_node) on loopback, real UDP clients, real engine.
+"""Integration: an in-process node on loopback with real UDP clients (tests/node_helpers.py):
+STUN binding and address moves, forwarding with SSRC/seq/timestamp rewriting, teardown of
+native state, and the RTCP the node relays and sends itself.
 
-Clients are plain asyncio datagram endpoints in the node's own loop; the node's timer
-(on_tick) runs for real. Every wait is bounded.
+Hostile and invalid input is covered in test_node_udp_security.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import os
-import random
-import socket
-import tempfile
 import time
-from collections.abc import Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-import uvloop
+from node_helpers import (
+    HOST_SSRC,
+    PT,
+    call,
+    counters,
+    datagram_kind,
+    host_and_viewers,
+    join_bound,
+    open_client,
+    publish_video,
+    rtp_packet,
+    run_async,
+    running_node,
+    settle,
+    wait_until,
+)
 
 from sfu import _native, stun
-from sfu.config import NodeConfig
-from sfu.control.client import Client
-from sfu.errors import BadRequest, Conflict, LimitExceeded, NotFound, Unauthorized
-from sfu.server import RunningNode, start_node
+from sfu.errors import BadRequest, Conflict, NotFound
 
-HOST_SSRC = 0x11223344
-PT = 96
-
-# Datagrams that end in exactly one of these (engine accounting invariant).
-INGRESS_OUTCOMES = ("rx_rtp", "rx_rtcp", "rx_stun", "drop_malformed", "drop_unbound",
-                    "drop_not_rtp", "drop_unknown_ssrc", "drop_ssrc_not_owned",
-                    "drop_payload_type", "drop_rtx_unsupported", "drop_no_slot")
-
-
-def run_async(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run an async test on uvloop (the production loop) with a hard bound."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return uvloop.run(asyncio.wait_for(fn(*args, **kwargs), 60))
-    return wrapper
-
-
-class UdpClient(asyncio.DatagramProtocol):
-    """A loopback UDP endpoint that records every datagram it receives."""
-
-    def __init__(self) -> None:
-        self.rx: list[bytes] = []
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.rx.append(data)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        assert self.transport is not None
-        return self.transport.get_extra_info("sockname")[:2]
-
-    @property
-    def addr_str(self) -> str:
-        return f"{self.address[0]}:{self.address[1]}"
-
-    def send(self, data: bytes, to: tuple[str, int]) -> None:
-        assert self.transport is not None
-        if not data:  # asyncio transports silently skip empty datagrams; the kernel won't
-            fd = self.transport.get_extra_info("socket").fileno()
-            with socket.socket(fileno=os.dup(fd)) as raw:
-                raw.sendto(data, to)
-            return
-        self.transport.sendto(data, to)
-
-    def rtp(self) -> list[dict[str, Any]]:
-        return [_native.parse_rtp(d) for d in self.rx if _kind(d) == "rtp"]
-
-    def rtcp(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for d in self.rx:
-            if _kind(d) == "rtcp":
-                out.extend(_native.parse_rtcp(d))
-        return out
-
-    def stun(self) -> list[stun.StunMessage]:
-        return [stun.parse(d) for d in self.rx if _kind(d) == "stun"]
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-def _kind(data: bytes) -> str:
-    if stun.is_stun(data):
-        return "stun"
-    if len(data) >= 2 and 192 <= data[1] <= 223:  # RFC 5761 §4 demux
-        return "rtcp"
-    return "rtp"
-
-
-async def open_client() -> UdpClient:
-    loop = asyncio.get_running_loop()
-    _, proto = await loop.create_datagram_endpoint(UdpClient, local_addr=("127.0.0.1", 0))
-    return proto
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.005)
-    return True
-
-
-async def settle(node: RunningNode, rounds: int = 3) -> None:
-    """Let in-flight loopback datagrams be read by the node and by the clients."""
-    for _ in range(rounds):
-        await asyncio.sleep(0.02)
-
-
-@asynccontextmanager
-async def running_node(**overrides: Any) -> Any:
-    with tempfile.TemporaryDirectory(prefix="sfu-a2-") as tmp:
-        config = NodeConfig(udp_host="127.0.0.1", udp_port=0,
-                            control_path=os.path.join(tmp, "sfu.sock"), **overrides)
-        running = await start_node(config)
-        try:
-            yield running
-        finally:
-            await running.close()
-        assert not os.path.exists(config.control_path)  # socket file cleaned up
-
-
-def counters(running: RunningNode) -> dict[str, int]:
-    c = running.node.engine.counters
-    return {name: int(c[i]) for i, name in enumerate(_native.COUNTER_NAMES)}
-
-
-async def call(running: RunningNode, method: str, **params: Any) -> Any:
-    return await running.node.call(method, params)
-
-
-async def join_bound(running: RunningNode, room: str, pid: str, role: str) -> UdpClient:
-    """Join and bind with a STUN Binding Request; returns the participant's client."""
-    j = await call(running, "participant.join", room=room, participant=pid, role=role)
-    client = await open_client()
-    client.send(stun.binding_request(j["ice_ufrag"] + ":remote", j["ice_pwd"]),
-                running.udp_address)
-    assert await wait_until(lambda: any(_kind(d) == "stun" for d in client.rx))
-    msg = client.stun()[-1]
-    assert msg.msg_type == stun.BINDING_SUCCESS
-    client.rx.clear()
-    return client
-
-
-async def publish_video(running: RunningNode, room: str, pid: str,
-                        ssrc: int = HOST_SSRC) -> str:
-    result = await call(running, "track.publish", room=room, participant=pid, kind="video",
-                        codec="VP8", payload_type=PT, clock_rate=90000,
-                        layers=[{"rid": "f", "ssrc": ssrc}])
-    return str(result["track"])
-
-
-async def host_and_viewers(running: RunningNode, n: int) -> tuple[UdpClient, str,
-                                                                  list[UdpClient],
-                                                                  list[dict[str, Any]]]:
-    await call(running, "room.create", room="r1")
-    host = await join_bound(running, "r1", "host", "host")
-    track = await publish_video(running, "r1", "host")
-    viewers, subs = [], []
-    for i in range(n):
-        v = await join_bound(running, "r1", f"v{i}", "audience")
-        subs.append(await call(running, "track.subscribe", room="r1", participant=f"v{i}",
-                               track=track))
-        viewers.append(v)
-    return host, track, viewers, subs
-
-
-def rtp_packet(seq: int, ts: int, ssrc: int = HOST_SSRC, size: int = 120) -> bytes:
-    payload = (seq & 0xFFFF).to_bytes(2, "big") * (size // 2)
-    return _native.build_rtp(PT, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc, payload,
-                             marker=seq % 3 == 0)
-
-
-# -- STUN binding ---------------------------------------------------------------------------
+# -- STUN binding -------------------------------------------------------------------------
 
 
 @run_async
@@ -211,58 +56,6 @@ async def test_stun_binding_good_binds_and_maps_address():
         stats = await call(running, "stats.get")
         assert stats["counters"]["stun_bound"] == 1
         assert stats["counters"]["stun_rejected"] == 0
-
-
-@run_async
-async def test_stun_bad_integrity_not_bound_and_rtp_dropped():
-    async with running_node() as running:
-        host, track, viewers, _ = await host_and_viewers(running, 1)
-        j = await call(running, "participant.join", room="r1", participant="evil",
-                       role="host")
-        evil = await open_client()
-        bad = stun.binding_request(j["ice_ufrag"], "not-the-password-at-all")
-        unknown = stun.binding_request("nosuchufrag", j["ice_pwd"])
-        evil.send(bad, running.udp_address)
-        evil.send(unknown, running.udp_address)
-        assert await wait_until(lambda: len(evil.rx) == 2)
-        for msg in evil.stun():
-            assert msg.msg_type == stun.BINDING_ERROR
-            assert msg.error_code() == (401, "Unauthorized")
-        snap = await call(running, "room.snapshot", room="r1")
-        assert {p["participant"]: p["address"] for p in snap["participants"]}["evil"] is None
-        before = counters(running)
-        for seq in range(5):
-            evil.send(rtp_packet(seq, seq), running.udp_address)
-        assert await wait_until(lambda: counters(running)["drop_unbound"]
-                                == before["drop_unbound"] + 5)
-        await settle(running)
-        assert viewers[0].rtp() == []
-        stats = await call(running, "stats.get")
-        assert stats["counters"]["stun_rejected"] == 2
-        assert stats["counters"]["forwarded"] == 0
-
-
-@run_async
-async def test_stun_bad_fingerprint_indication_and_junk_are_ignored():
-    async with running_node() as running:
-        await call(running, "room.create", room="r1")
-        j = await call(running, "participant.join", room="r1", participant="p", role="host")
-        client = await open_client()
-        good = bytearray(stun.binding_request(j["ice_ufrag"], j["ice_pwd"]))
-        good[-1] ^= 0xFF  # FINGERPRINT no longer matches; MESSAGE-INTEGRITY still does
-        indication = stun.encode(stun.BINDING_INDICATION, b"I" * 12, [])
-        junk = stun.binding_request(j["ice_ufrag"], j["ice_pwd"])[:20] + b"\x00\x06\x00"
-        for data in (bytes(good), indication, junk):
-            client.send(data, running.udp_address)
-        assert await wait_until(lambda: counters(running)["rx_stun"]
-                                + counters(running)["drop_malformed"] == 3)
-        await settle(running)
-        assert client.rx == []  # silently discarded, nothing bound
-        c = (await call(running, "stats.get"))["counters"]
-        assert c["stun_rejected"] == 1 and c["stun_ignored"] == 1 and c["stun_bound"] == 0
-        assert c["stun_malformed"] + c["drop_malformed"] >= 1
-        snap = await call(running, "room.snapshot", room="r1")
-        assert snap["participants"][0]["address"] is None
 
 
 @run_async
@@ -321,7 +114,7 @@ async def test_participant_connect_for_non_stun_tools():
         other.close()
 
 
-# -- forwarding -----------------------------------------------------------------------------
+# -- forwarding ---------------------------------------------------------------------------
 
 
 @run_async
@@ -395,97 +188,11 @@ async def test_rewrites_ssrc_seq_ts_pt_across_wrap():
                 assert o["marker"] == s["marker"]
             # Payload bytes are forwarded untouched.
             assert [d[-o["payload_size"]:] for d, o in zip(
-                [d for d in client.rx if _kind(d) == "rtp"], out, strict=True)] == \
+                [d for d in client.rx if datagram_kind(d) == "rtp"], out, strict=True)] == \
                 [p[-120:] for p in sent[len(sent) - len(out):]]
 
 
-@run_async
-async def test_spoofed_and_hijacked_ssrc_never_delivered():
-    async with running_node() as running:
-        host, track, (viewer, v2), subs = await host_and_viewers(running, 2)
-        spoofer = await open_client()  # never bound
-        before = counters(running)
-        for seq in range(20):
-            spoofer.send(rtp_packet(seq, seq), running.udp_address)
-            viewer.send(rtp_packet(seq, seq), running.udp_address)  # bound, not the owner
-        assert await wait_until(
-            lambda: counters(running)["drop_unbound"] - before["drop_unbound"] == 20
-            and counters(running)["drop_ssrc_not_owned"]
-            - before["drop_ssrc_not_owned"] == 20)
-        await settle(running)
-        assert viewer.rtp() == [] and v2.rtp() == []
-        assert counters(running)["forwarded"] == before["forwarded"]
-        stats = await call(running, "stats.get", room="r1", participant="v0")
-        assert stats["peer"]["drop_ssrc_not_owned"] == 20
-        # The real owner still gets through afterwards.
-        host.send(rtp_packet(100, 100), running.udp_address)
-        assert await wait_until(lambda: len(viewer.rtp()) == 1 and len(v2.rtp()) == 1)
-
-
-@run_async
-async def test_malformed_garbage_survived_and_counted():
-    rng = random.Random(1234)
-    async with running_node() as running:
-        host, track, (viewer,), _ = await host_and_viewers(running, 1)
-        stranger = await open_client()
-        before = counters(running)
-        sent = 0
-        for length in list(range(0, 64)) + [100, 172, 500, 1200, 1500, 2000, 2048, 4000]:
-            for sender in (host, stranger):
-                body = bytes(rng.getrandbits(8) for _ in range(length))
-                sender.send(body, running.udp_address)
-                sent += 1
-            # RTP-looking header with random tails, from the owner's address.
-            if length >= 12:
-                hdr = bytearray(rtp_packet(5, 5)[:12])
-                hdr[0] = 0x80 | rng.getrandbits(5)  # P/X/CC bits set at random
-                host.send(bytes(hdr) + bytes(rng.getrandbits(8) for _ in range(length - 12)),
-                          running.udp_address)
-                sent += 1
-            await asyncio.sleep(0)
-        assert await wait_until(
-            lambda: counters(running)["rx_datagrams"] - before["rx_datagrams"] == sent, 10)
-        await settle(running)
-        after = counters(running)
-        delta = {k: after[k] - before[k] for k in after}
-        assert sum(delta[k] for k in INGRESS_OUTCOMES) == sent, delta
-        assert delta["drop_malformed"] + delta["drop_unbound"] + delta["drop_not_rtp"] > 0
-        # Still alive and forwarding.
-        marker = rtp_packet(200, 200)
-        host.send(marker, running.udp_address)
-        assert await wait_until(lambda: any(d.endswith(marker[-120:]) for d in viewer.rx))
-        info = await call(running, "node.info")
-        assert info["rooms"] == 1
-
-
-@run_async
-async def test_oversized_datagram_is_dropped_not_truncated():
-    async with running_node() as running:
-        host, track, (viewer,), _ = await host_and_viewers(running, 1)
-        before = counters(running)
-        # A valid RTP packet from the owner, larger than any receive slot: the tail would
-        # be cut by the kernel (MSG_TRUNC), so it must be dropped, not forwarded cut.
-        host.send(rtp_packet(1, 1, size=4000), running.udp_address)
-        host.send(rtp_packet(2, 2), running.udp_address)
-        assert await wait_until(lambda: counters(running)["rx_datagrams"]
-                                == before["rx_datagrams"] + 2)
-        await settle(running)
-        after = counters(running)
-        assert after["drop_malformed"] == before["drop_malformed"] + 1
-        assert [p["payload_size"] for p in viewer.rtp()] == [120]
-
-
-# -- control ----------------------------------------------------------------------------------
-
-
-@run_async
-async def test_audience_publishing_unauthorized():
-    async with running_node() as running:
-        await call(running, "room.create", room="r1")
-        await call(running, "participant.join", room="r1", participant="a", role="audience")
-        with pytest.raises(Unauthorized, match="audience"):
-            await publish_video(running, "r1", "a")
-        assert running.node.engine.live()["sources"] == 0
+# -- control ------------------------------------------------------------------------------
 
 
 @run_async
@@ -522,35 +229,7 @@ async def test_leave_and_close_free_native_state():
             await call(running, "room.snapshot", room="r1")
 
 
-@run_async
-async def test_control_errors_over_the_socket():
-    async with running_node(max_rooms=1) as running:
-        assert running.control_path is not None
-        async with await Client.connect_unix(running.control_path) as client:
-            info = await client.node_info()
-            assert info["udp"] == running.udp and info["quic"] is None
-            await client.room_create("r1", max_participants=1)
-            cases = [
-                (BadRequest, "participant.join", {"room": "r1", "participant": "x",
-                                                  "role": "king"}),
-                (NotFound, "room.snapshot", {"room": "nope"}),
-                (Conflict, "room.create", {"room": "r1"}),
-                (LimitExceeded, "room.create", {"room": "r2"}),
-            ]
-            for exc, method, params in cases:
-                with pytest.raises(exc):
-                    await client.call(method, **params)
-            await client.participant_join("r1", "a", "audience")
-            with pytest.raises(LimitExceeded, match="full"):
-                await client.participant_join("r1", "b", "audience")
-            with pytest.raises(Unauthorized):
-                await client.track_publish("r1", "a", "video", "VP8", PT, 90000,
-                                           [{"rid": "f", "ssrc": 5}])
-            await client.room_close("r1")
-            assert (await client.room_list())["rooms"] == []
-
-
-# -- RTCP -------------------------------------------------------------------------------------
+# -- RTCP ---------------------------------------------------------------------------------
 
 
 @run_async

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sfu import _native, stun
 from sfu.client.media import EncodedFrame, Vp8Encoder
@@ -46,6 +46,20 @@ def random_ssrc() -> int:
 def _dicts(packet: dict[str, object], key: str) -> list[dict[str, int]]:
     """A list-of-dicts field of a parse_rtcp result, typed for the checker."""
     return cast(list[dict[str, int]], packet.get(key, []))
+
+
+class _RtcpErrorCount(Protocol):
+    rtcp_errors: int
+
+
+def parse_rtcp_counted(data: bytes, stats: _RtcpErrorCount) -> list[dict[str, object]]:
+    """The packets of an RTCP compound; a malformed one counts in ``stats.rtcp_errors`` and
+    yields none (bad network input never raises into the event loop)."""
+    try:
+        return _native.parse_rtcp(data)
+    except ValueError:
+        stats.rtcp_errors += 1
+        return []
 
 
 def parse_hostport(value: str) -> tuple[str, int]:
@@ -164,6 +178,18 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             return
         fut.set_result(msg)
 
+    async def open_bind_call(self, control: Any, bind_timeout: float, method: str,
+                             **params: Any) -> Any:
+        """Open the socket, bind with STUN, then make one control call (the publish or
+        subscribe this endpoint is for); the socket is closed if any step fails."""
+        await self.open()
+        try:
+            await self.bind(bind_timeout)
+            return await control.call(method, **params)
+        except BaseException:
+            self.close()
+            raise
+
     def on_rtp(self, data: bytes) -> None:
         self.garbage += 1  # endpoints that receive media override this
 
@@ -251,17 +277,11 @@ class Publisher(RtpEndpoint):
         pub = cls(parse_hostport(joined["udp"]), joined["ice_ufrag"], joined["ice_pwd"],
                   encoder, record=record)
         pub.room, pub.participant = room, participant
-        await pub.open()
-        try:
-            await pub.bind(bind_timeout)
-            res = await control.call(
-                "track.publish", room=room, participant=participant, kind="video",
-                codec="VP8", payload_type=pub.payload_type, clock_rate=VIDEO_CLOCK,
-                layers=[{"rid": "f", "ssrc": pub.ssrc}],
-            )
-        except BaseException:
-            pub.close()
-            raise
+        res = await pub.open_bind_call(
+            control, bind_timeout, "track.publish", room=room, participant=participant,
+            kind="video", codec="VP8", payload_type=pub.payload_type, clock_rate=VIDEO_CLOCK,
+            layers=[{"rid": "f", "ssrc": pub.ssrc}],
+        )
         pub.track = res["track"]
         return pub
 
@@ -323,12 +343,7 @@ class Publisher(RtpEndpoint):
             await asyncio.sleep(max(0.0, start + sent * period - loop.time()))
 
     def on_rtcp(self, data: bytes) -> None:
-        try:
-            packets = _native.parse_rtcp(data)
-        except ValueError:
-            self.stats.rtcp_errors += 1
-            return
-        for pkt in packets:
+        for pkt in parse_rtcp_counted(data, self.stats):
             kind = pkt["type"]
             if kind == "pli" and pkt["media_ssrc"] == self.ssrc:
                 self.stats.pli_received += 1

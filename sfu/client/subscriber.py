@@ -15,7 +15,13 @@ from typing import Any, cast
 
 from sfu import _native
 from sfu.client.media import Vp8Decoder
-from sfu.client.publisher import VIDEO_CLOCK, RtpEndpoint, parse_hostport, random_ssrc
+from sfu.client.publisher import (
+    VIDEO_CLOCK,
+    RtpEndpoint,
+    parse_hostport,
+    parse_rtcp_counted,
+    random_ssrc,
+)
 from sfu.client.vp8 import AssembledFrame, FrameAssembler
 
 __all__ = ["Subscriber", "SubscriberStats"]
@@ -110,14 +116,8 @@ class Subscriber(RtpEndpoint):
                                     role=role)
         sub = cls(parse_hostport(joined["udp"]), joined["ice_ufrag"], joined["ice_pwd"],
                   decode=decode, keep_frames=keep_frames)
-        await sub.open()
-        try:
-            await sub.bind(bind_timeout)
-            res = await control.call("track.subscribe", room=room, participant=participant,
-                                     track=track)
-        except BaseException:
-            sub.close()
-            raise
+        res = await sub.open_bind_call(control, bind_timeout, "track.subscribe", room=room,
+                                       participant=participant, track=track)
         sub.subscription = res["subscription"]
         sub.media_ssrc = int(res["ssrc"])
         sub.payload_type = int(res["payload_type"])
@@ -258,12 +258,7 @@ class Subscriber(RtpEndpoint):
         self.stats.rr_sent += 1
 
     def on_rtcp(self, data: bytes) -> None:
-        try:
-            packets = _native.parse_rtcp(data)
-        except ValueError:
-            self.stats.rtcp_errors += 1
-            return
-        for pkt in packets:
+        for pkt in parse_rtcp_counted(data, self.stats):
             if pkt["type"] == "sr" and pkt["ssrc"] == self.media_ssrc:
                 self.stats.sr_received += 1
                 self._lsr = (_int(pkt, "ntp") >> 16) & 0xFFFF_FFFF  # middle 32 bits
