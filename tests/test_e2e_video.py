@@ -124,7 +124,7 @@ def test_viewer_pli_makes_publisher_send_keyframe() -> None:
                 before = pub.stats.pli_received
 
                 assert sub.request_keyframe(force=True)
-                await asyncio.wait_for(pub.keyframe_requested.wait(), 3.0)
+                await asyncio.wait_for(pub.keyframe_requested.wait(), 5.0)
                 assert pub.stats.pli_received == before + 1
                 await pub.run(frames=1)
                 assert pub.sent[-1].keyframe
@@ -213,7 +213,9 @@ def test_lost_packet_drops_frame_and_pli_restores_decoding() -> None:
                 assert pub.stats.keyframes >= 2  # the PLI brought a key frame
                 # Every complete frame was either decoded or skipped until that key frame.
                 assert st.frames_decoded + st.frames_skipped == st.frames_complete
-                assert st.frames_decoded >= 40 and st.decode_errors == 0
+                # Frames between the loss and the key frame are skipped: one PLI round trip
+                # (a few frames; more on a loaded machine), never the rest of the stream.
+                assert st.frames_decoded >= 30 and st.decode_errors == 0
             finally:
                 sub.close()
                 pub.close()
