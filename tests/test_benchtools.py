@@ -1,4 +1,4 @@
-"""Correctness of the benchmark helpers (native/benchtools.pxi, bench/_procstat.py,
+"""Correctness of the benchmark helpers (native/bench_*.pxi, bench/_procstat.py,
 bench/_children.py): real sockets on 127.0.0.1, bounded in time, no speed assertions."""
 
 from __future__ import annotations
