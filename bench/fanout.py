@@ -428,49 +428,47 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+# Summary key -> (forwarder, phase, field) in the per-N results.
+SUMMARY_FIELDS: dict[str, tuple[str, str, str]] = {
+    "cpu_us_per_pkt": ("node", "fixed", "cpu_us_per_pkt"),
+    "user_us_per_pkt": ("node", "fixed", "user_us_per_pkt"),
+    "sys_us_per_pkt": ("node", "fixed", "sys_us_per_pkt"),
+    "floor_cpu_us_per_pkt": ("floor", "fixed", "cpu_us_per_pkt"),
+    "naive_cpu_us_per_pkt": ("naive", "fixed", "cpu_us_per_pkt"),
+    "saturation_pps": ("node", "saturation", "forwarded_pps"),
+    "floor_saturation_pps": ("floor", "saturation", "forwarded_pps"),
+    "naive_saturation_pps": ("naive", "saturation", "forwarded_pps"),
+    "saturation_util": ("node", "saturation", "forwarder_util"),
+    "floor_saturation_util": ("floor", "saturation", "forwarder_util"),
+    "saturation_per_core_pps": ("node", "saturation", "per_core_pps"),
+    "floor_saturation_per_core_pps": ("floor", "saturation", "per_core_pps"),
+    "user_us_per_pkt_saturated": ("node", "saturation", "user_us_per_pkt"),
+    "p50_added_latency_ms": ("node", "latency", "p50_added_ms"),
+    "p99_added_latency_ms": ("node", "latency", "p99_added_ms"),
+    "floor_p50_added_latency_ms": ("floor", "latency", "p50_added_ms"),
+    "floor_p99_added_latency_ms": ("floor", "latency", "p99_added_ms"),
+    "p99_added_latency_ms_1000pps": ("node", "fixed", "p99_added_ms"),
+    "floor_p99_added_latency_ms_1000pps": ("floor", "fixed", "p99_added_ms"),
+    "drops": ("node", "fixed", "drops"),
+}
+# Ratio key -> (numerator, denominator) summary keys.
+SUMMARY_RATIOS: dict[str, tuple[str, str]] = {
+    "node_vs_floor": ("cpu_us_per_pkt", "floor_cpu_us_per_pkt"),
+    "node_vs_naive": ("cpu_us_per_pkt", "naive_cpu_us_per_pkt"),
+    # Compared per CPU-second: other processes share the core (see measure()).
+    "saturation_vs_floor": ("saturation_per_core_pps", "floor_saturation_per_core_pps"),
+    "saturation_vs_floor_measured": ("saturation_pps", "floor_saturation_pps"),
+}
+
+
 def summarize(results: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    s: dict[str, dict[str, Any]] = {k: {} for k in (
-        "cpu_us_per_pkt", "user_us_per_pkt", "sys_us_per_pkt", "floor_cpu_us_per_pkt",
-        "naive_cpu_us_per_pkt", "node_vs_floor", "node_vs_naive", "saturation_pps",
-        "floor_saturation_pps", "naive_saturation_pps", "saturation_util",
-        "floor_saturation_util", "saturation_per_core_pps", "floor_saturation_per_core_pps",
-        "saturation_vs_floor", "saturation_vs_floor_measured", "user_us_per_pkt_saturated",
-        "p50_added_latency_ms", "p99_added_latency_ms", "floor_p50_added_latency_ms",
-        "floor_p99_added_latency_ms", "p99_added_latency_ms_1000pps",
-        "floor_p99_added_latency_ms_1000pps", "drops")}
+    s: dict[str, dict[str, Any]] = {k: {} for k in (*SUMMARY_FIELDS, *SUMMARY_RATIOS)}
     for n, r in results.items():
         key = str(n)
-        s["cpu_us_per_pkt"][key] = _get(r, "node", "fixed", "cpu_us_per_pkt")
-        s["user_us_per_pkt"][key] = _get(r, "node", "fixed", "user_us_per_pkt")
-        s["sys_us_per_pkt"][key] = _get(r, "node", "fixed", "sys_us_per_pkt")
-        s["floor_cpu_us_per_pkt"][key] = _get(r, "floor", "fixed", "cpu_us_per_pkt")
-        s["naive_cpu_us_per_pkt"][key] = _get(r, "naive", "fixed", "cpu_us_per_pkt")
-        s["node_vs_floor"][key] = _ratio(s["cpu_us_per_pkt"][key],
-                                         s["floor_cpu_us_per_pkt"][key])
-        s["node_vs_naive"][key] = _ratio(s["cpu_us_per_pkt"][key],
-                                         s["naive_cpu_us_per_pkt"][key])
-        s["saturation_pps"][key] = _get(r, "node", "saturation", "forwarded_pps")
-        s["floor_saturation_pps"][key] = _get(r, "floor", "saturation", "forwarded_pps")
-        s["naive_saturation_pps"][key] = _get(r, "naive", "saturation", "forwarded_pps")
-        s["saturation_util"][key] = _get(r, "node", "saturation", "forwarder_util")
-        s["floor_saturation_util"][key] = _get(r, "floor", "saturation", "forwarder_util")
-        s["saturation_per_core_pps"][key] = _get(r, "node", "saturation", "per_core_pps")
-        s["floor_saturation_per_core_pps"][key] = _get(r, "floor", "saturation",
-                                                       "per_core_pps")
-        # Compared per CPU-second: other processes share the core (see measure()).
-        s["saturation_vs_floor"][key] = _ratio(s["saturation_per_core_pps"][key],
-                                               s["floor_saturation_per_core_pps"][key])
-        s["saturation_vs_floor_measured"][key] = _ratio(s["saturation_pps"][key],
-                                                        s["floor_saturation_pps"][key])
-        s["user_us_per_pkt_saturated"][key] = _get(r, "node", "saturation", "user_us_per_pkt")
-        s["p50_added_latency_ms"][key] = _get(r, "node", "latency", "p50_added_ms")
-        s["p99_added_latency_ms"][key] = _get(r, "node", "latency", "p99_added_ms")
-        s["floor_p50_added_latency_ms"][key] = _get(r, "floor", "latency", "p50_added_ms")
-        s["floor_p99_added_latency_ms"][key] = _get(r, "floor", "latency", "p99_added_ms")
-        s["p99_added_latency_ms_1000pps"][key] = _get(r, "node", "fixed", "p99_added_ms")
-        s["floor_p99_added_latency_ms_1000pps"][key] = _get(r, "floor", "fixed",
-                                                            "p99_added_ms")
-        s["drops"][key] = _get(r, "node", "fixed", "drops")
+        for name, path in SUMMARY_FIELDS.items():
+            s[name][key] = _get(r, *path)
+        for name, (num, den) in SUMMARY_RATIOS.items():
+            s[name][key] = _ratio(s[num][key], s[den][key])
     return s
 
 
