@@ -229,6 +229,7 @@ cdef class Engine:
         memset(&self.peers[pid], 0, sizeof(Peer))
         self.peers[pid].alive = 1
         self.peers[pid].tid = tid
+        self.peers[pid].first_dt = -1
         memset(self.ps + pid * N_PEER_FIELDS, 0, N_PEER_FIELDS * sizeof(int64_t))
         return pid
 
@@ -263,12 +264,13 @@ cdef class Engine:
     def remove_peer(self, int pid):
         cdef Peer *p = self._peer(pid)
         cdef int i
-        for i in range(self.max_sources):
-            if self.sources[i].alive and self.sources[i].pid == pid:
-                self.remove_source(i)
-        for i in range(self.max_downtracks):
-            if self.dts[i].alive and self.dts[i].pid == pid:
-                self.remove_downtrack(i)
+        while p.nsources > 0:   # publishers are few; viewers skip this scan
+            for i in range(self.max_sources):
+                if self.sources[i].alive and self.sources[i].pid == pid:
+                    self.remove_source(i)
+                    break
+        while p.first_dt >= 0:
+            self.remove_downtrack(p.first_dt)
         if p.bound:
             map_del(&self.addr_map, p.key)
         eng_flush(self)   # queued messages may point at this peer's address
@@ -297,6 +299,7 @@ cdef class Engine:
         s.kind = kind
         s.clock_rate = clock_rate
         s.last_pli = -1e18
+        self.peers[pid].nsources += 1
         memset(self.ss + sid * N_SRC_FIELDS, 0, N_SRC_FIELDS * sizeof(int64_t))
         return sid
 
@@ -331,6 +334,7 @@ cdef class Engine:
             self.n_free_ingress += 1
         s.ningress = 0
         s.alive = 0
+        self.peers[s.pid].nsources -= 1
         free(s.dts)
         s.dts = NULL
         s.cap = 0
@@ -366,6 +370,11 @@ cdef class Engine:
         d.out_pt = out_pt
         s.dts[s.ndts] = did
         s.ndts += 1
+        d.peer_prev = -1
+        d.peer_next = self.peers[pid].first_dt
+        if d.peer_next >= 0:
+            self.dts[d.peer_next].peer_prev = did
+        self.peers[pid].first_dt = did
         map_put(&self.out_map, out_ssrc, did)
         memset(self.ds + did * N_DT_FIELDS, 0, N_DT_FIELDS * sizeof(int64_t))
         self.ss[sid * N_SRC_FIELDS + S_DOWNTRACKS] = s.ndts
@@ -381,6 +390,12 @@ cdef class Engine:
                 s.ndts -= 1
                 break
         self.ss[d.sid * N_SRC_FIELDS + S_DOWNTRACKS] = s.ndts
+        if d.peer_prev >= 0:
+            self.dts[d.peer_prev].peer_next = d.peer_next
+        else:
+            self.peers[d.pid].first_dt = d.peer_next
+        if d.peer_next >= 0:
+            self.dts[d.peer_next].peer_prev = d.peer_prev
         map_del(&self.out_map, d.out_ssrc)
         d.alive = 0
         self.free_dts[self.n_free_dts] = did

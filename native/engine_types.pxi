@@ -122,6 +122,8 @@ cdef struct Peer:
     uint8_t bound
     sockaddr_in addr
     uint64_t key
+    int32_t nsources         # sources it publishes
+    int32_t first_dt         # head of its downtracks' list (-1 = none), so leaving is O(own)
 
 
 cdef struct Ingress:
@@ -169,6 +171,9 @@ cdef struct Downtrack:
     int32_t pid
     uint32_t out_ssrc
     uint8_t out_pt
+    # Links in the receiving peer's list of downtracks.
+    int32_t peer_prev
+    int32_t peer_next
     # State: out = in + delta (mod 2^16 / 2^32); fixed at the first forwarded packet.
     uint8_t alive
     uint8_t started

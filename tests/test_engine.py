@@ -360,3 +360,58 @@ def test_forwarding_allocates_no_python_objects_per_packet() -> None:
         assert sum(s.count for s in stats.statistics("filename")) < 50
     finally:
         nd.close()
+
+
+def test_random_configure_sequences_keep_tables_consistent() -> None:
+    """Random joins, publishes, subscriptions and leaves against a model of what is live:
+    removing a peer frees exactly its sources and the downtracks to or from it."""
+    import random
+
+    rng = random.Random(11)
+    e = n.Engine(max_peers=64, max_sources=32, max_downtracks=512)
+    srv = udp()
+    tid = e.add_udp(srv.fileno())
+    peers: set[int] = set()
+    sources: dict[int, int] = {}            # sid -> owner pid
+    dts: dict[int, tuple[int, int]] = {}    # did -> (sid, receiver pid)
+    next_ssrc = 1000
+    for _ in range(3000):
+        op = rng.random()
+        if op < 0.2 and len(peers) < 60:
+            peers.add(e.add_peer(tid))
+        elif op < 0.3 and peers and len(sources) < 30:
+            owner = rng.choice(sorted(peers))
+            sid = e.add_source(owner, n.KIND_VIDEO, 90000)
+            next_ssrc += 1
+            e.add_ingress(sid, next_ssrc, 96)
+            sources[sid] = owner
+        elif op < 0.7 and peers and sources and len(dts) < 500:
+            sid = rng.choice(sorted(sources))
+            viewer = rng.choice(sorted(peers))
+            next_ssrc += 1
+            dts[e.add_downtrack(sid, viewer, next_ssrc, 96)] = (sid, viewer)
+        elif op < 0.8 and dts:
+            did = rng.choice(sorted(dts))
+            e.remove_downtrack(did)
+            del dts[did]
+        elif op < 0.85 and sources:
+            sid = rng.choice(sorted(sources))
+            e.remove_source(sid)
+            del sources[sid]
+            dts = {d: v for d, v in dts.items() if v[0] != sid}
+        elif peers:
+            pid = rng.choice(sorted(peers))
+            e.remove_peer(pid)
+            peers.discard(pid)
+            gone = {sid for sid, owner in sources.items() if owner == pid}
+            sources = {sid: o for sid, o in sources.items() if sid not in gone}
+            dts = {d: v for d, v in dts.items() if v[0] not in gone and v[1] != pid}
+        live = e.live()
+        assert (live["peers"], live["sources"], live["downtracks"]) == (
+            len(peers), len(sources), len(dts))
+    for did in dts:  # every downtrack the model holds is still a valid handle
+        e.remove_downtrack(did)
+    for pid in list(peers):
+        e.remove_peer(pid)
+    assert e.live()["downtracks"] == 0 and e.live()["sources"] == 0
+    srv.close()
