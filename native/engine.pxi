@@ -16,6 +16,7 @@ cdef class Engine:
     cdef int32_t event_ring
     cdef uint32_t node_ssrc
     cdef double rtcp_interval, pli_interval
+    cdef double stun_rate, stun_burst, stun_tokens, stun_last
     # Allocated by this.
     cdef Peer *peers
     cdef Source *sources
@@ -68,7 +69,8 @@ cdef class Engine:
     def __cinit__(self, *, int max_peers=4096, int max_sources=4096, int max_downtracks=65536,
                   int pool_slots=4096, int batch=64, int event_ring=8192,
                   unsigned int node_ssrc=1, double rtcp_interval=1.0,
-                  double pli_interval=0.3, unsigned long long seed=0x9E3779B97F4A7C15):
+                  double pli_interval=0.3, double stun_rate=2000.0,
+                  unsigned long long seed=0x9E3779B97F4A7C15):
         cdef int i
         if not (1 <= max_peers <= 1 << 20 and 1 <= max_sources <= 1 << 20
                 and 1 <= max_downtracks <= 1 << 22):
@@ -81,6 +83,8 @@ cdef class Engine:
             raise ValueError("event_ring must be at least 16")
         if rtcp_interval <= 0 or pli_interval < 0:
             raise ValueError("rtcp_interval must be > 0 and pli_interval >= 0")
+        if stun_rate < 0:
+            raise ValueError("stun_rate must be >= 0 (0 = unlimited)")
         self.max_peers = max_peers
         self.max_sources = max_sources
         self.max_ingress = max_sources * MAX_INGRESS
@@ -91,6 +95,12 @@ cdef class Engine:
         self.node_ssrc = node_ssrc
         self.rtcp_interval = rtcp_interval
         self.pli_interval = pli_interval
+        # STUN goes up to Python (an HMAC each): a token bucket keeps a flood of it from
+        # starving everyone's media. Burst: a quarter second of the rate, at least 64.
+        self.stun_rate = stun_rate
+        self.stun_burst = max(64.0, stun_rate / 4)
+        self.stun_tokens = self.stun_burst
+        self.stun_last = -1.0
         self.rng = seed or 1
         self.peers = <Peer*>calloc(max_peers, sizeof(Peer))
         self.sources = <Source*>calloc(max_sources, sizeof(Source))

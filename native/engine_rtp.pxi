@@ -69,6 +69,21 @@ cdef int eng_push_datagram(Engine e, int kind, int tid, const sockaddr_in *a,
     return 1
 
 
+cdef inline bint eng_stun_admit(Engine e, double now) noexcept nogil:
+    if e.stun_rate <= 0:
+        return True
+    if e.stun_last >= 0 and now > e.stun_last:
+        e.stun_tokens += (now - e.stun_last) * e.stun_rate
+        if e.stun_tokens > e.stun_burst:
+            e.stun_tokens = e.stun_burst
+    if now > e.stun_last:
+        e.stun_last = now
+    if e.stun_tokens < 1.0:
+        return False
+    e.stun_tokens -= 1.0
+    return True
+
+
 cdef Py_ssize_t eng_on_readable(Engine e, int tid, double now) noexcept nogil:
     cdef int fd = e.fds[tid]
     cdef int i, n, want, rounds
@@ -137,6 +152,8 @@ cdef void eng_process(Engine e, int tid, int32_t slot, Py_ssize_t n, const socka
         # RFC 7983 demux: STUN. Python verifies credentials, so unbound senders pass.
         if n < 20:
             e.c[C_DROP_MALFORMED] += 1
+        elif not eng_stun_admit(e, now):
+            e.c[C_DROP_STUN_RATE] += 1
         elif eng_push_datagram(e, EV_STUN_, tid, a, d, n):
             e.c[C_RX_STUN] += 1
         elif n <= EVENT_DATA_SIZE:

@@ -30,7 +30,7 @@ COUNTER_NAMES = (
     "drop_malformed", "drop_unbound", "drop_not_rtp", "drop_unknown_ssrc",
     "drop_ssrc_not_owned", "drop_payload_type", "drop_rtx_unsupported", "drop_no_slot",
     "drop_send_eagain", "drop_send_error", "drop_event_overflow",
-    "recv_batches", "recv_errors", "drop_event_queue", "recv_no_slot",
+    "recv_batches", "recv_errors", "drop_event_queue", "recv_no_slot", "drop_stun_rate",
 )
 
 cdef enum:
@@ -70,6 +70,7 @@ cdef enum:
     C_RECV_ERRORS
     C_DROP_EVENT_QUEUE
     C_RECV_NO_SLOT
+    C_DROP_STUN_RATE
     N_COUNTERS
 
 SOURCE_FIELDS = ("packets", "bytes", "lost", "jitter", "pli_sent", "pli_coalesced",

@@ -45,6 +45,8 @@ class Engine:
         node_ssrc: int = 1,
         rtcp_interval: float = 1.0,
         pli_interval: float = 0.3,
+        stun_rate: float = 2000.0,  # STUN datagrams/s handed to Python (0 = unlimited)
+        seed: int = ...,
     ) -> None: ...
     # -- configure (raise ValueError) --
     def add_udp(self, fd: int) -> int:

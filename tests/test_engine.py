@@ -415,3 +415,26 @@ def test_random_configure_sequences_keep_tables_consistent() -> None:
         e.remove_peer(pid)
     assert e.live()["downtracks"] == 0 and e.live()["sources"] == 0
     srv.close()
+
+
+def test_stun_flood_is_rate_limited_before_python_sees_it() -> None:
+    nd = Node(viewers=0, stun_rate=100.0)  # burst = max(64, rate / 4) = 64
+    try:
+        msg = bytes.fromhex("0001000021124442") + b"t" * 12
+        for _ in range(100):
+            nd.send(nd.pub, msg)
+        pump(nd.e, nd.tid, 1.0, 100)
+        assert len(nd.e.drain_events()) == 64
+        assert counters(nd.e)["drop_stun_rate"] == 36
+        for _ in range(60):  # half a second later: 50 tokens back
+            nd.send(nd.pub, msg)
+        pump(nd.e, nd.tid, 1.5, 60)
+        assert len(nd.e.drain_events()) == 50
+        c = counters(nd.e)
+        assert c["drop_stun_rate"] == 46 and c["rx_stun"] == 114
+        # Media keeps flowing while STUN is being shed.
+        nd.send(nd.pub, n.build_rtp(96, 1, 1, 1111, b"x"))
+        pump(nd.e, nd.tid, 1.5, 1)
+        assert counters(nd.e)["rx_rtp"] == 1
+    finally:
+        nd.close()
