@@ -76,7 +76,7 @@ class Windows:
     lat: float  # latency window (node and direct path each)
 
 
-QUICK = Windows(warm=0.3, fixed=4.0, sat=1.5, lat=1.5)
+QUICK = Windows(warm=0.3, fixed=4.0, sat=1.5, lat=1.0)
 FULL = Windows(warm=1.0, fixed=10.0, sat=5.0, lat=5.0)
 
 
