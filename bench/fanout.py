@@ -92,6 +92,15 @@ def _child_setup() -> None:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(RT))
 
 
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for a forwarder that was asked to stop; kill it if it does not within 10 s."""
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -143,11 +152,7 @@ class ChildForwarder:
         with contextlib.suppress(OSError):
             assert self.proc.stdin is not None
             self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        _reap(self.proc)
         self.proc = None
 
 
@@ -224,11 +229,7 @@ class NodeForwarder:
             self.client = None
         if self.proc is not None:
             self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            _reap(self.proc)
             self.proc = None
         shutil.rmtree(self.tmp, ignore_errors=True)
 
