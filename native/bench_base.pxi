@@ -1,9 +1,8 @@
 # Benchmark helpers, part 1: externs and shared helpers (bench_sink.pxi, bench_load.pxi follow).
 #
-# Included by _native.pyx, so it shares the module namespace with the engine. To never clash
-# with the engine's externs, every C name used here is re-declared under a bench_ prefix
-# (mapped to the real symbol with a cname string) and nothing is cimported. Only bench/ and
-# tests/test_benchtools.py use these; none of it is on the node's data path.
+# Included by _native.pyx after net.pxi, whose socket/time/libc externs it uses; its own names
+# carry a bench_ prefix. Only bench/ and tests/test_benchtools.py use these; none of it is on
+# the node's data path.
 #
 # Packet format written by UdpBlaster and understood by UdpSink (RTP, then a VP8 keyframe
 # header so an engine that gates on keyframes forwards it, then the bench fields):
@@ -14,78 +13,24 @@
 # does not inflate the latency it reports)
 #   payload[28:32] = blaster sequence number (32 bits, little endian)
 
-cdef extern from "<stdlib.h>" nogil:
-    void *bench_calloc "calloc"(size_t nmemb, size_t size)
-    void bench_free "free"(void *p)
-
-cdef extern from "<string.h>" nogil:
-    void *bench_memcpy "memcpy"(void *dst, const void *src, size_t n)
-    int bench_memcmp "memcmp"(const void *a, const void *b, size_t n)
-
-cdef extern from "<errno.h>" nogil:
-    int bench_errno "errno"
-    enum:
-        BENCH_EINTR "EINTR"
-
-cdef extern from "<time.h>" nogil:
-    ctypedef struct bench_timespec "struct timespec":
-        long tv_sec
-        long tv_nsec
-    int bench_clock_gettime "clock_gettime"(int clk, bench_timespec *ts)
-    enum:
-        BENCH_CLOCK_MONOTONIC "CLOCK_MONOTONIC"
-        BENCH_CLOCK_REALTIME "CLOCK_REALTIME"
-
+# The socket, time and libc externs come from net.pxi (same module); only what the engine
+# does not use is declared here.
 cdef extern from "<unistd.h>" nogil:
     long bench_read "read"(int fd, void *buf, size_t n)
     int bench_close "close"(int fd)
 
-cdef extern from "<sys/uio.h>" nogil:
-    ctypedef struct bench_iovec "struct iovec":
-        void *iov_base
-        size_t iov_len
-
 cdef extern from "<sys/socket.h>" nogil:
-    ctypedef struct bench_msghdr "struct msghdr":
-        void *msg_name
-        unsigned int msg_namelen
-        bench_iovec *msg_iov
-        size_t msg_iovlen
-        void *msg_control
-        size_t msg_controllen
-        int msg_flags
-    ctypedef struct bench_mmsghdr "struct mmsghdr":
-        bench_msghdr msg_hdr
-        unsigned int msg_len
-    int bench_recvmmsg "recvmmsg"(int fd, bench_mmsghdr *vec, unsigned int vlen, int flags,
-                                  bench_timespec *timeout)
-    int bench_sendmmsg "sendmmsg"(int fd, bench_mmsghdr *vec, unsigned int vlen, int flags)
     ctypedef struct bench_cmsghdr "struct cmsghdr":
         size_t cmsg_len
         int cmsg_level
         int cmsg_type
-    bench_cmsghdr *BENCH_CMSG_FIRSTHDR "CMSG_FIRSTHDR"(bench_msghdr *msg)
-    bench_cmsghdr *BENCH_CMSG_NXTHDR "CMSG_NXTHDR"(bench_msghdr *msg, bench_cmsghdr *c)
+    bench_cmsghdr *BENCH_CMSG_FIRSTHDR "CMSG_FIRSTHDR"(msghdr *msg)
+    bench_cmsghdr *BENCH_CMSG_NXTHDR "CMSG_NXTHDR"(msghdr *msg, bench_cmsghdr *c)
     unsigned char *BENCH_CMSG_DATA "CMSG_DATA"(bench_cmsghdr *c)
     enum:
-        BENCH_MSG_DONTWAIT "MSG_DONTWAIT"
         BENCH_SOL_SOCKET "SOL_SOCKET"
         BENCH_SCM_TIMESTAMPNS "SCM_TIMESTAMPNS"
         BENCH_SO_TIMESTAMPNS "SO_TIMESTAMPNS"
-
-cdef extern from "<netinet/in.h>" nogil:
-    ctypedef struct bench_in_addr "struct in_addr":
-        unsigned int s_addr
-    ctypedef struct bench_sockaddr_in "struct sockaddr_in":
-        unsigned short sin_family
-        unsigned short sin_port
-        bench_in_addr sin_addr
-    unsigned short bench_htons "htons"(unsigned short v)
-    enum:
-        BENCH_AF_INET "AF_INET"
-
-cdef extern from "<arpa/inet.h>" nogil:
-    int bench_inet_pton "inet_pton"(int af, const char *src, void *dst)
 
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union bench_epoll_data "epoll_data_t":
@@ -108,8 +53,8 @@ cdef extern from "<sys/epoll.h>" nogil:
 
 cdef extern from "<sys/timerfd.h>" nogil:
     ctypedef struct bench_itimerspec "struct itimerspec":
-        bench_timespec it_interval
-        bench_timespec it_value
+        timespec it_interval
+        timespec it_value
     int bench_timerfd_create "timerfd_create"(int clk, int flags)
     int bench_timerfd_settime "timerfd_settime"(int fd, int flags, const bench_itimerspec *new,
                                                 bench_itimerspec *old)
@@ -138,14 +83,14 @@ BENCH_SOCKBUF = 4 * 1024 * 1024
 
 
 cdef inline long long bench_now_ns() noexcept nogil:
-    cdef bench_timespec ts
-    bench_clock_gettime(BENCH_CLOCK_MONOTONIC, &ts)
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
     return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
 cdef inline long long bench_real_ns() noexcept nogil:
-    cdef bench_timespec ts
-    bench_clock_gettime(BENCH_CLOCK_REALTIME, &ts)
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
     return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
@@ -159,13 +104,13 @@ def bench_monotonic_ns() -> int:
     return bench_now_ns()
 
 
-cdef int bench_fill_addr(bench_sockaddr_in *out, str host, int port) except -1:
+cdef int bench_fill_addr(sockaddr_in *out, str host, int port) except -1:
     cdef bytes b = host.encode("ascii")
     if port < 0 or port > 65535:
         raise ValueError(f"bad port {port}")
-    out.sin_family = BENCH_AF_INET
-    out.sin_port = bench_htons(<unsigned short>port)
-    if bench_inet_pton(BENCH_AF_INET, b, &out.sin_addr) != 1:
+    out.sin_family = AF_INET
+    out.sin_port = htons(<unsigned short>port)
+    if inet_pton(AF_INET, b, &out.sin_addr) != 1:
         raise ValueError(f"not an IPv4 address: {host!r}")
     return 0
 

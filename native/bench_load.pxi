@@ -10,9 +10,9 @@ cdef class UdpBlaster:
     # Allocated here.
     cdef object _sock
     cdef unsigned char *_pkts
-    cdef bench_mmsghdr *_msgs
-    cdef bench_iovec *_iov
-    cdef bench_sockaddr_in _dst
+    cdef mmsghdr *_msgs
+    cdef iovec *_iov
+    cdef sockaddr_in _dst
     # State.
     cdef int _fd
     cdef readonly int size
@@ -36,9 +36,9 @@ cdef class UdpBlaster:
         self._sock = bench_udp_socket(bind_host, 0)
         self._fd = self._sock.fileno()
         bench_fill_addr(&self._dst, host, port)
-        self._pkts = <unsigned char *>bench_calloc(BENCH_BATCH, size)
-        self._msgs = <bench_mmsghdr *>bench_calloc(BENCH_BATCH, sizeof(bench_mmsghdr))
-        self._iov = <bench_iovec *>bench_calloc(BENCH_BATCH, sizeof(bench_iovec))
+        self._pkts = <unsigned char *>calloc(BENCH_BATCH, size)
+        self._msgs = <mmsghdr *>calloc(BENCH_BATCH, sizeof(mmsghdr))
+        self._iov = <iovec *>calloc(BENCH_BATCH, sizeof(iovec))
         if not self._pkts or not self._msgs or not self._iov:
             raise MemoryError()
         for i in range(BENCH_BATCH):
@@ -53,19 +53,19 @@ cdef class UdpBlaster:
             p[11] = ssrc & 0xFF
             # VP8 payload descriptor (S=1, PID 0) + keyframe tag (P=0, show_frame,
             # first partition 100 bytes) + start code + 640x360: gated engines forward it.
-            bench_memcpy(p + 12, b"\x10\x90\x0c\x00\x9d\x01\x2a\x80\x02\x68\x01\x00", 12)
-            bench_memcpy(p + 12 + BENCH_MAGIC_OFF, BENCH_MAGIC, 8)
+            memcpy(p + 12, b"\x10\x90\x0c\x00\x9d\x01\x2a\x80\x02\x68\x01\x00", 12)
+            memcpy(p + 12 + BENCH_MAGIC_OFF, BENCH_MAGIC, 8)
             self._iov[i].iov_base = p
             self._iov[i].iov_len = size
             self._msgs[i].msg_hdr.msg_iov = &self._iov[i]
             self._msgs[i].msg_hdr.msg_iovlen = 1
             self._msgs[i].msg_hdr.msg_name = &self._dst
-            self._msgs[i].msg_hdr.msg_namelen = sizeof(bench_sockaddr_in)
+            self._msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
 
     def __dealloc__(self):
-        bench_free(self._pkts)
-        bench_free(self._msgs)
-        bench_free(self._iov)
+        free(self._pkts)
+        free(self._msgs)
+        free(self._iov)
 
     @property
     def port(self) -> int:
@@ -105,7 +105,7 @@ cdef class UdpBlaster:
                 p[12 + BENCH_TS_OFF + k] = (now >> (8 * k)) & 0xFF
             for k in range(4):
                 p[12 + BENCH_SEQ_OFF + k] = (seq >> (8 * k)) & 0xFF
-        r = bench_sendmmsg(self._fd, self._msgs, count, BENCH_MSG_DONTWAIT)
+        r = sendmmsg(self._fd, self._msgs, count, MSG_DONTWAIT)
         if r < 0:
             self.errors += 1
             return 0
@@ -162,7 +162,7 @@ cdef long long bench_drive_loop(UdpBlaster blaster, UdpSink sink, double rate,
         if per_fire < 1:
             per_fire = 1
         interval = per_fire * 1e9 / rate
-        tfd = bench_timerfd_create(BENCH_CLOCK_MONOTONIC, BENCH_TFD_NONBLOCK | BENCH_TFD_CLOEXEC)
+        tfd = bench_timerfd_create(CLOCK_MONOTONIC, BENCH_TFD_NONBLOCK | BENCH_TFD_CLOEXEC)
         if tfd < 0:
             return -1
         next_fire = t0 + <long long>(interval * (0.5 + bench_uniform(&rng)))
@@ -227,7 +227,7 @@ def bench_drive(UdpBlaster blaster not None, UdpSink sink not None, double rate,
         sent = bench_drive_loop(blaster, sink, rate, <long long>(duration * 1e9),
                                 <long long>(drain * 1e9), burst)
     if sent < 0:
-        raise OSError(bench_errno, "timerfd_create")
+        raise OSError(errno, "timerfd_create")
     return sent
 
 
@@ -240,11 +240,11 @@ cdef class FloorForwarder:
     # Allocated here.
     cdef object _sock
     cdef unsigned char *_buf
-    cdef bench_mmsghdr *_in
-    cdef bench_iovec *_in_iov
-    cdef bench_iovec *_out_iov
-    cdef bench_mmsghdr *_out
-    cdef bench_sockaddr_in *_dst
+    cdef mmsghdr *_in
+    cdef iovec *_in_iov
+    cdef iovec *_out_iov
+    cdef mmsghdr *_out
+    cdef sockaddr_in *_dst
     # State.
     cdef int _fd
     cdef readonly int ndest
@@ -260,12 +260,12 @@ cdef class FloorForwarder:
         self.ndest = len(dests)
         self._sock = bench_udp_socket(host, port, blocking=True)  # recv uses MSG_DONTWAIT
         self._fd = self._sock.fileno()
-        self._buf = <unsigned char *>bench_calloc(BENCH_BATCH, BENCH_SLOT)
-        self._in = <bench_mmsghdr *>bench_calloc(BENCH_BATCH, sizeof(bench_mmsghdr))
-        self._in_iov = <bench_iovec *>bench_calloc(BENCH_BATCH, sizeof(bench_iovec))
-        self._out_iov = <bench_iovec *>bench_calloc(BENCH_BATCH, sizeof(bench_iovec))
-        self._out = <bench_mmsghdr *>bench_calloc(BENCH_OUT_MAX, sizeof(bench_mmsghdr))
-        self._dst = <bench_sockaddr_in *>bench_calloc(self.ndest, sizeof(bench_sockaddr_in))
+        self._buf = <unsigned char *>calloc(BENCH_BATCH, BENCH_SLOT)
+        self._in = <mmsghdr *>calloc(BENCH_BATCH, sizeof(mmsghdr))
+        self._in_iov = <iovec *>calloc(BENCH_BATCH, sizeof(iovec))
+        self._out_iov = <iovec *>calloc(BENCH_BATCH, sizeof(iovec))
+        self._out = <mmsghdr *>calloc(BENCH_OUT_MAX, sizeof(mmsghdr))
+        self._dst = <sockaddr_in *>calloc(self.ndest, sizeof(sockaddr_in))
         if (not self._buf or not self._in or not self._in_iov or not self._out_iov
                 or not self._out or not self._dst):
             raise MemoryError()
@@ -278,12 +278,12 @@ cdef class FloorForwarder:
             self._in[i].msg_hdr.msg_iovlen = 1
 
     def __dealloc__(self):
-        bench_free(self._buf)
-        bench_free(self._in)
-        bench_free(self._in_iov)
-        bench_free(self._out_iov)
-        bench_free(self._out)
-        bench_free(self._dst)
+        free(self._buf)
+        free(self._in)
+        free(self._in_iov)
+        free(self._out_iov)
+        free(self._out)
+        free(self._dst)
 
     @property
     def port(self) -> int:
@@ -295,9 +295,9 @@ cdef class FloorForwarder:
     cdef void _flush(self, int k) noexcept nogil:
         cdef int off = 0, r
         while off < k:
-            r = bench_sendmmsg(self._fd, self._out + off, k - off, 0)
+            r = sendmmsg(self._fd, self._out + off, k - off, 0)
             if r < 0:
-                if bench_errno == BENCH_EINTR:
+                if errno == EINTR:
                     continue
                 self.send_errors += 1
                 off += 1  # skip the message that failed, like a forwarder would
@@ -309,9 +309,9 @@ cdef class FloorForwarder:
         # Drain the socket, but go back to epoll after a budget of copies so the stop fd
         # is noticed within milliseconds even when the input never runs dry.
         cdef int r, i, d, k, budget = 8192
-        cdef bench_mmsghdr *m
+        cdef mmsghdr *m
         while budget > 0:
-            r = bench_recvmmsg(self._fd, self._in, BENCH_BATCH, BENCH_MSG_DONTWAIT, NULL)
+            r = recvmmsg(self._fd, self._in, BENCH_BATCH, MSG_DONTWAIT, NULL)
             if r <= 0:
                 return 0
             self.received += r
@@ -322,7 +322,7 @@ cdef class FloorForwarder:
                 for d in range(self.ndest):
                     m = &self._out[k]
                     m.msg_hdr.msg_name = &self._dst[d]
-                    m.msg_hdr.msg_namelen = sizeof(bench_sockaddr_in)
+                    m.msg_hdr.msg_namelen = sizeof(sockaddr_in)
                     m.msg_hdr.msg_iov = &self._out_iov[i]
                     m.msg_hdr.msg_iovlen = 1
                     k += 1
@@ -343,10 +343,10 @@ cdef class FloorForwarder:
         cdef bench_epoll_event evs[2]
         epfd = bench_epoll_create1(BENCH_EPOLL_CLOEXEC)
         if epfd < 0:
-            raise OSError(bench_errno, "epoll_create1")
+            raise OSError(errno, "epoll_create1")
         if bench_epoll_add(epfd, self._fd, 0) < 0 or bench_epoll_add(epfd, stop_fd, 1) < 0:
             bench_close(epfd)
-            raise OSError(bench_errno, "epoll_ctl")
+            raise OSError(errno, "epoll_ctl")
         with nogil:
             while not stop:
                 nev = bench_epoll_wait(epfd, evs, 2, -1)

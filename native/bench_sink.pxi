@@ -14,8 +14,8 @@ cdef class UdpSink:
     cdef long long *_count
     cdef long long *_hist
     cdef unsigned char *_buf
-    cdef bench_mmsghdr *_msgs
-    cdef bench_iovec *_iov
+    cdef mmsghdr *_msgs
+    cdef iovec *_iov
     cdef bench_epoll_event *_events
     cdef unsigned char *_ctrl
     # State.
@@ -32,14 +32,14 @@ cdef class UdpSink:
             raise ValueError("a sink needs at least one socket")
         self.n = n
         self._socks = [bench_udp_socket(host, 0) for _ in range(n)]
-        self._fds = <int *>bench_calloc(n, sizeof(int))
-        self._count = <long long *>bench_calloc(n, sizeof(long long))
-        self._hist = <long long *>bench_calloc(BENCH_HIST, sizeof(long long))
-        self._buf = <unsigned char *>bench_calloc(BENCH_BATCH, BENCH_SLOT)
-        self._msgs = <bench_mmsghdr *>bench_calloc(BENCH_BATCH, sizeof(bench_mmsghdr))
-        self._iov = <bench_iovec *>bench_calloc(BENCH_BATCH, sizeof(bench_iovec))
-        self._events = <bench_epoll_event *>bench_calloc(256, sizeof(bench_epoll_event))
-        self._ctrl = <unsigned char *>bench_calloc(BENCH_BATCH, BENCH_CTRL)
+        self._fds = <int *>calloc(n, sizeof(int))
+        self._count = <long long *>calloc(n, sizeof(long long))
+        self._hist = <long long *>calloc(BENCH_HIST, sizeof(long long))
+        self._buf = <unsigned char *>calloc(BENCH_BATCH, BENCH_SLOT)
+        self._msgs = <mmsghdr *>calloc(BENCH_BATCH, sizeof(mmsghdr))
+        self._iov = <iovec *>calloc(BENCH_BATCH, sizeof(iovec))
+        self._events = <bench_epoll_event *>calloc(256, sizeof(bench_epoll_event))
+        self._ctrl = <unsigned char *>calloc(BENCH_BATCH, BENCH_CTRL)
         if (not self._fds or not self._count or not self._hist or not self._buf
                 or not self._msgs or not self._iov or not self._events or not self._ctrl):
             raise MemoryError()
@@ -53,23 +53,23 @@ cdef class UdpSink:
             self._msgs[i].msg_hdr.msg_iovlen = 1
         self._epfd = bench_epoll_create1(BENCH_EPOLL_CLOEXEC)
         if self._epfd < 0:
-            raise OSError(bench_errno, "epoll_create1")
+            raise OSError(errno, "epoll_create1")
         for i in range(n):
             self._fds[i] = self._socks[i].fileno()
             if bench_epoll_add(self._epfd, self._fds[i], i) < 0:
-                raise OSError(bench_errno, "epoll_ctl")
+                raise OSError(errno, "epoll_ctl")
 
     def __dealloc__(self):
         if self._epfd >= 0:
             bench_close(self._epfd)
-        bench_free(self._fds)
-        bench_free(self._count)
-        bench_free(self._hist)
-        bench_free(self._buf)
-        bench_free(self._msgs)
-        bench_free(self._iov)
-        bench_free(self._events)
-        bench_free(self._ctrl)
+        free(self._fds)
+        free(self._count)
+        free(self._hist)
+        free(self._buf)
+        free(self._msgs)
+        free(self._iov)
+        free(self._events)
+        free(self._ctrl)
 
     @property
     def ports(self) -> list:
@@ -97,7 +97,7 @@ cdef class UdpSink:
                 return
             ext = (<unsigned int>p[hdr + 2] << 8) | p[hdr + 3]
             hdr += 4 + 4 * ext
-        if hdr + 32 > n or bench_memcmp(p + hdr + BENCH_MAGIC_OFF, BENCH_MAGIC, 8) != 0:
+        if hdr + 32 > n or memcmp(p + hdr + BENCH_MAGIC_OFF, BENCH_MAGIC, 8) != 0:
             self._other += 1
             return
         for k in range(8):
@@ -123,12 +123,12 @@ cdef class UdpSink:
         cdef int r, i
         cdef long long now
         cdef bench_cmsghdr *c
-        cdef bench_timespec *ts
+        cdef timespec *ts
         cdef long long fallback
         for i in range(BENCH_BATCH):
             self._msgs[i].msg_hdr.msg_control = self._ctrl + i * BENCH_CTRL
             self._msgs[i].msg_hdr.msg_controllen = BENCH_CTRL
-        r = bench_recvmmsg(self._fds[idx], self._msgs, BENCH_BATCH, BENCH_MSG_DONTWAIT, NULL)
+        r = recvmmsg(self._fds[idx], self._msgs, BENCH_BATCH, MSG_DONTWAIT, NULL)
         if r <= 0:
             return 0
         fallback = bench_real_ns()
@@ -137,7 +137,7 @@ cdef class UdpSink:
             c = BENCH_CMSG_FIRSTHDR(&self._msgs[i].msg_hdr)
             while c != NULL:
                 if c.cmsg_level == BENCH_SOL_SOCKET and c.cmsg_type == BENCH_SCM_TIMESTAMPNS:
-                    ts = <bench_timespec *>BENCH_CMSG_DATA(c)
+                    ts = <timespec *>BENCH_CMSG_DATA(c)
                     now = <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
                     break
                 c = BENCH_CMSG_NXTHDR(&self._msgs[i].msg_hdr, c)

@@ -103,6 +103,7 @@ cdef extern from "<time.h>" nogil:
         long tv_nsec
     int clock_gettime(int clk, timespec *ts)
     int CLOCK_MONOTONIC
+    int CLOCK_REALTIME
 
 
 cdef inline double monotonic_now() noexcept nogil:
