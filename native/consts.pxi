@@ -3,7 +3,8 @@ cdef enum:
     SLOT_SIZE = 2048          # one received datagram (MTU plus headroom)
     MAX_BATCH = 256           # recvmmsg batch upper bound
     EGRESS_MAX = 1024         # messages per sendmmsg flush (UIO_MAXIOV)
-    RTCP_OUT_SIZE = 65536     # scratch for RTCP the node builds between flushes
+    RTCP_OUT_SIZE = 262144    # scratch for RTCP, RTX and FEC the node builds between flushes
+    ANY_PT = 255              # ingress accepts any payload type
     MAX_INGRESS = 8           # SSRCs per source (layers + RTX)
     EVENT_DATA_SIZE = 1500    # bytes kept per datagram event (STUN)
     EVENT_DATA_SLOTS = 1024

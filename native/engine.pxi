@@ -17,6 +17,8 @@ cdef class Engine:
     cdef uint32_t node_ssrc
     cdef double rtcp_interval, pli_interval
     cdef double stun_rate, stun_burst, stun_tokens, stun_last
+    cdef double nack_delay, nack_max_age, nack_rtt_default, history_video, history_audio
+    cdef int32_t nack_max_tries
     # Allocated by this.
     cdef Peer *peers
     cdef Source *sources
@@ -53,6 +55,16 @@ cdef class Engine:
     cdef int32_t ev_data_head, ev_data_count
     cdef uint16_t *ev_data_len
     cdef int64_t ev_overflow
+    cdef int32_t *deferred           # slots to release after the next flush
+    cdef int32_t n_deferred
+    cdef int32_t *nack_list          # ingresses with holes to NACK
+    cdef int32_t n_nack_list
+    cdef double next_nack, next_expire
+    cdef uint8_t *rs_scratch         # images for uplink SFU-RS recovery
+    cdef uint8_t *rs_parity          # parity rows of the block being closed
+    cdef uint8_t *rs_prefix
+    cdef uint8_t *ulp_scratch        # viewers' copies of a block for its ULPFEC
+    cdef RtpView scratch_view
     # Others.
     cdef uint64_t rng
     cdef double wallclock_offset
@@ -67,10 +79,13 @@ cdef class Engine:
     cdef public object peer_stats
 
     def __cinit__(self, *, int max_peers=4096, int max_sources=4096, int max_downtracks=65536,
-                  int pool_slots=4096, int batch=64, int event_ring=8192,
+                  int pool_slots=16384, int batch=64, int event_ring=8192,
                   unsigned int node_ssrc=1, double rtcp_interval=1.0,
                   double pli_interval=0.3, double stun_rate=2000.0,
-                  unsigned long long seed=0x9E3779B97F4A7C15):
+                  unsigned long long seed=0x9E3779B97F4A7C15,
+                  double history_video=2.0, double history_audio=1.0,
+                  double nack_delay=0.005, int nack_max_tries=10, double nack_max_age=1.0,
+                  double nack_rtt_default=0.1):
         cdef int i
         if not (1 <= max_peers <= 1 << 20 and 1 <= max_sources <= 1 << 20
                 and 1 <= max_downtracks <= 1 << 22):
@@ -85,6 +100,20 @@ cdef class Engine:
             raise ValueError("rtcp_interval must be > 0 and pli_interval >= 0")
         if stun_rate < 0:
             raise ValueError("stun_rate must be >= 0 (0 = unlimited)")
+        if not (0 < history_video <= 30 and 0 < history_audio <= 30):
+            raise ValueError("history_video/history_audio must be in (0, 30] seconds")
+        if not (0 <= nack_delay <= 1 and 1 <= nack_max_tries <= 255 and 0 < nack_max_age <= 30
+                and 0 < nack_rtt_default <= 5):
+            raise ValueError("nack_delay 0..1 s, nack_max_tries 1..255, nack_max_age (0, 30] s, "
+                             "nack_rtt_default (0, 5] s")
+        self.history_video = history_video
+        self.history_audio = history_audio
+        self.nack_delay = nack_delay
+        self.nack_max_tries = nack_max_tries
+        self.nack_max_age = nack_max_age
+        self.nack_rtt_default = nack_rtt_default
+        self.next_nack = 1e300
+        self.next_expire = 0.0
         self.max_peers = max_peers
         self.max_sources = max_sources
         self.max_ingress = max_sources * MAX_INGRESS
@@ -125,6 +154,15 @@ cdef class Engine:
         self.ev = <int64_t*>calloc(event_ring * 5, sizeof(int64_t))
         self.ev_data = <uint8_t*>malloc(EVENT_DATA_SLOTS * EVENT_DATA_SIZE)
         self.ev_data_len = <uint16_t*>calloc(EVENT_DATA_SLOTS, sizeof(uint16_t))
+        self.deferred = <int32_t*>calloc(EGRESS_MAX, sizeof(int32_t))
+        self.nack_list = <int32_t*>calloc(self.max_ingress, sizeof(int32_t))
+        self.rs_scratch = <uint8_t*>malloc(2 * RS_MAX_K * SLOT_SIZE)
+        self.rs_parity = <uint8_t*>malloc(RS_MAX_M * SLOT_SIZE)
+        self.rs_prefix = <uint8_t*>calloc(RS_MAX_K, 8)
+        self.ulp_scratch = <uint8_t*>malloc(ULP_MAX_K * SLOT_SIZE)
+        if (self.deferred == NULL or self.nack_list == NULL or self.rs_scratch == NULL
+                or self.rs_parity == NULL or self.rs_prefix == NULL or self.ulp_scratch == NULL):
+            raise MemoryError("cannot allocate engine tables")
         if (self.peers == NULL or self.sources == NULL or self.ingress == NULL
                 or self.dts == NULL or self.free_peers == NULL or self.free_sources == NULL
                 or self.free_ingress == NULL or self.free_dts == NULL or self.pool == NULL
@@ -171,6 +209,11 @@ cdef class Engine:
         if self.sources != NULL:
             for i in range(self.max_sources):
                 free(self.sources[i].dts)
+        if self.ingress != NULL:
+            for i in range(self.max_ingress):
+                eng_hist_free(self, &self.ingress[i])
+        free(self.deferred); free(self.nack_list); free(self.rs_scratch); free(self.rs_parity)
+        free(self.rs_prefix); free(self.ulp_scratch)
         map_free(&self.addr_map)
         map_free(&self.ssrc_map)
         map_free(&self.out_map)
@@ -309,39 +352,124 @@ cdef class Engine:
         s.kind = kind
         s.clock_rate = clock_rate
         s.last_pli = -1e18
+        s.nack = 1
         self.peers[pid].nsources += 1
         memset(self.ss + sid * N_SRC_FIELDS, 0, N_SRC_FIELDS * sizeof(int64_t))
         return sid
 
     def add_ingress(self, int sid, unsigned int ssrc, int payload_type, unsigned int rtx_ssrc=0,
-                    int layer=0):
+                    int layer=0, int rtx_payload_type=-1, unsigned int fec_ssrc=0,
+                    int fec_payload_type=-1, int ulpfec_payload_type=-1):
+        """One SSRC (a simulcast layer) of a source, with its optional RTX and SFU-RS FEC streams."""
         cdef Source *s = self._source(sid)
-        cdef int need = 2 if rtx_ssrc else 1
+        cdef int need = 1 + (1 if rtx_ssrc else 0) + (1 if fec_ssrc else 0)
+        cdef int iid, rid
+        cdef uint32_t x
         if not 0 <= payload_type <= 127:
             raise ValueError("payload_type must be 0..127")
+        if not -1 <= rtx_payload_type <= 127 or not -1 <= fec_payload_type <= 127:
+            raise ValueError("rtx_payload_type/fec_payload_type must be 0..127 (or -1 = any)")
+        if not -1 <= ulpfec_payload_type <= 127 or ulpfec_payload_type == payload_type:
+            raise ValueError("ulpfec_payload_type must be 0..127 and differ from payload_type "
+                             "(or -1 = none)")
         if not 0 <= layer <= 7:
             raise ValueError("layer must be 0..7")
-        if ssrc == 0 or ssrc == rtx_ssrc:
-            raise ValueError("ssrc must be non-zero and differ from rtx_ssrc")
-        if map_get(&self.ssrc_map, ssrc) >= 0 or (rtx_ssrc and map_get(&self.ssrc_map, rtx_ssrc) >= 0):
-            raise ValueError(f"SSRC {ssrc} or {rtx_ssrc} is already in use on this node")
+        if ssrc == 0 or ssrc == rtx_ssrc or ssrc == fec_ssrc or (rtx_ssrc and rtx_ssrc == fec_ssrc):
+            raise ValueError("ssrc must be non-zero and differ from rtx_ssrc and fec_ssrc")
+        for x in (ssrc, rtx_ssrc, fec_ssrc):
+            if x and (map_get(&self.ssrc_map, x) >= 0 or map_get(&self.out_map, x) >= 0):
+                raise ValueError(f"SSRC {x} is already in use on this node")
         if s.ningress + need > MAX_INGRESS:
             raise ValueError(f"at most {MAX_INGRESS} SSRCs per source")
-        eng_new_ingress(self, sid, ssrc, payload_type, 0, layer)
+        iid = eng_new_ingress(self, sid, ssrc, payload_type, ROLE_MEDIA, layer)
+        if ulpfec_payload_type >= 0:
+            self.ingress[iid].ulp_in_pt = ulpfec_payload_type
+        if s.kind == KIND_VIDEO_:
+            eng_hist_alloc(self, &self.ingress[iid], 2048, self.history_video)
+        else:
+            eng_hist_alloc(self, &self.ingress[iid], 256, self.history_audio)
         if rtx_ssrc:
-            eng_new_ingress(self, sid, rtx_ssrc, payload_type, 1, layer)
+            rid = eng_new_ingress(self, sid, rtx_ssrc,
+                                  ANY_PT if rtx_payload_type < 0 else rtx_payload_type,
+                                  ROLE_RTX, layer)
+            self.ingress[rid].media = iid
+        if fec_ssrc:
+            rid = eng_new_ingress(self, sid, fec_ssrc,
+                                  ANY_PT if fec_payload_type < 0 else fec_payload_type,
+                                  ROLE_FEC, layer)
+            self.ingress[rid].media = iid
+            eng_hist_alloc(self, &self.ingress[rid], 256, self.history_video)
+
+    def set_source_recovery(self, int sid, bint nack=True, int fec_k=0):
+        """Uplink NACKs on/off for this source, and the SFU-RS block length for its viewers."""
+        cdef Source *s = self._source(sid)
+        if not 0 <= fec_k <= RS_MAX_K:
+            raise ValueError(f"fec_k must be 0..{RS_MAX_K}")
+        s.nack = nack
+        s.fec_k = fec_k
+
+    def set_downtrack_recovery(self, int did, bint nack=True, unsigned int rtx_ssrc=0,
+                               int rtx_payload_type=0, unsigned int fec_ssrc=0,
+                               int fec_payload_type=0, int fec_m=0, int ulpfec_k=0,
+                               int ulpfec_payload_type=116):
+        """How this viewer is repaired: NACK answers (RTX on rtx_ssrc, else plain resends),
+        SFU-RS parity rows per block (fec_m, 0 = none) on fec_ssrc, and in-band ULPFEC
+        (one XOR packet per ulpfec_k media packets in the media stream, for third-party
+        receivers; fixed from the first packet on)."""
+        cdef Downtrack *t = self._downtrack(did)
+        cdef uint32_t x
+        if not 0 <= ulpfec_k <= ULP_MAX_K or not 0 <= ulpfec_payload_type <= 127:
+            raise ValueError(f"ulpfec_k must be 0..{ULP_MAX_K} and ulpfec_payload_type 0..127")
+        if ulpfec_k != t.ulp_k and t.started:
+            raise ValueError("ulpfec_k can only change before the viewer's first packet "
+                             "(it shapes the viewer's sequence numbers)")
+        if not 0 <= rtx_payload_type <= 127 or not 0 <= fec_payload_type <= 127:
+            raise ValueError("payload types must be 0..127")
+        if not 0 <= fec_m <= RS_MAX_M:
+            raise ValueError(f"fec_m must be 0..{RS_MAX_M}")
+        if fec_m and not fec_ssrc:
+            raise ValueError("fec_m > 0 needs a fec_ssrc")
+        for x in (rtx_ssrc, fec_ssrc):
+            if x and (x == t.out_ssrc or map_get(&self.ssrc_map, x) >= 0
+                      or map_get(&self.out_map, x) >= 0):
+                raise ValueError(f"SSRC {x} is already in use on this node")
+        if rtx_ssrc and rtx_ssrc == fec_ssrc:
+            raise ValueError("rtx_ssrc and fec_ssrc must differ")
+        t.nack = nack
+        if rtx_ssrc != t.rtx_ssrc:
+            t.rtx_seq = <uint16_t>self._rand32()
+        t.rtx_ssrc = rtx_ssrc
+        t.rtx_pt = rtx_payload_type
+        if fec_ssrc != t.fec_ssrc:
+            t.fec_seq = <uint16_t>self._rand32()
+        t.fec_ssrc = fec_ssrc
+        t.fec_pt = fec_payload_type
+        t.fec_m = fec_m
+        t.ulp_k = ulpfec_k
+        t.ulp_pt = ulpfec_payload_type
+        self.ds[did * N_DT_FIELDS + D_FEC_M] = fec_m
+        self.ds[did * N_DT_FIELDS + D_FEC_K] = self.sources[t.sid].fec_k if fec_m else 0
+        eng_update_blk_m(self, t.sid)
 
     def remove_source(self, int sid):
         cdef Source *s = self._source(sid)
-        cdef int i, iid
+        cdef int i, iid, j
         while s.ndts > 0:
             self.remove_downtrack(s.dts[s.ndts - 1])
+        eng_flush(self)
         for i in range(s.ningress):
             iid = s.ingress[i]
+            eng_hist_free(self, &self.ingress[iid])
+            for j in range(self.n_nack_list):
+                if self.nack_list[j] == iid:
+                    self.n_nack_list -= 1
+                    self.nack_list[j] = self.nack_list[self.n_nack_list]
+                    break
             map_del(&self.ssrc_map, self.ingress[iid].ssrc)
             self.ingress[iid].alive = 0
             self.free_ingress[self.n_free_ingress] = iid
             self.n_free_ingress += 1
+        eng_flush(self)     # runs the history's deferred releases
         s.ningress = 0
         s.alive = 0
         self.peers[s.pid].nsources -= 1
@@ -378,6 +506,8 @@ cdef class Engine:
         d.pid = pid
         d.out_ssrc = out_ssrc
         d.out_pt = out_pt
+        d.nack = 1
+        d.iid = -1
         s.dts[s.ndts] = did
         s.ndts += 1
         d.peer_prev = -1
@@ -408,6 +538,8 @@ cdef class Engine:
             self.dts[d.peer_next].peer_prev = d.peer_prev
         map_del(&self.out_map, d.out_ssrc)
         d.alive = 0
+        d.fec_m = 0
+        eng_update_blk_m(self, d.sid)
         self.free_dts[self.n_free_dts] = did
         self.n_free_dts += 1
 
@@ -450,15 +582,25 @@ cdef class Engine:
             memcpy(self.pool + <size_t>slot * SLOT_SIZE, &data[0], n)
         with nogil:
             eng_process(self, tid, slot, n, &a, now)
+            if now >= self.next_nack:
+                self.next_nack = eng_nack_sweep(self, now)
             eng_flush(self)
             eng_release(self, slot)
 
     def on_tick(self, double now):
+        """Timers: RTCP reports, NACK retries, history expiry. Returns the next deadline."""
         if now >= self.next_rtcp:
             eng_send_reports(self, now)
             eng_flush(self)
             self.next_rtcp = now + self.rtcp_interval
-        return self.next_rtcp
+        if now >= self.next_nack:
+            self.next_nack = eng_nack_sweep(self, now)
+            eng_flush(self)
+        if now >= self.next_expire:
+            eng_hist_expire(self, now)
+            eng_flush(self)
+            self.next_expire = now + 0.1
+        return min(self.next_rtcp, self.next_nack, self.next_expire)
 
     def send_to(self, int tid, const uint8_t[::1] data not None, str host, int port):
         cdef sockaddr_in a

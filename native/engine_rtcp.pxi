@@ -26,6 +26,13 @@ cdef void eng_report_block_in(Engine e, int32_t pid, const uint8_t *p, double no
     cdef int64_t *row
     cdef uint32_t rtt
     read_report_block(p, &b)
+    if b.ssrc == e.node_ssrc:
+        # A publisher reporting on the node's SR: uplink RTT for its NACK retries.
+        if b.lsr:
+            rtt = ntp_mid_now(e, now) - b.lsr - b.dlsr
+            if <int32_t>rtt >= 0:
+                eng_rtt_sample(e, pid, (<double>rtt) / 65536.0)
+        return
     did = eng_owned_downtrack(e, pid, b.ssrc)
     if did < 0:
         e.c[C_RTCP_FOREIGN_SSRC] += 1
@@ -106,7 +113,8 @@ cdef void eng_rtcp_in(Engine e, int32_t pid, const uint8_t *d, Py_ssize_t n,
                 e.c[C_NACK_IN] += 1
                 did = eng_owned_downtrack(e, pid, rd32(p + 8))
                 if did >= 0:
-                    e.ds[did * N_DT_FIELDS + D_NACK_IN] += (body - 12) // 4
+                    e.ds[did * N_DT_FIELDS + D_NACK_IN] += 1
+                    eng_nack_in(e, did, p + 12, (body - 12) // 4)
                 else:
                     e.c[C_RTCP_FOREIGN_SSRC] += 1
             elif rc == FMT_TWCC:
@@ -187,7 +195,8 @@ cdef void eng_send_reports(Engine e, double now) noexcept nogil:
         s = &e.sources[sid]
         if not s.alive:
             continue
-        # RR to the publisher about each SSRC it sends us.
+        # SR (from the node SSRC, no media) to the publisher with a block per SSRC it
+        # sends us: its report on our SR gives the uplink RTT (LSR/DLSR).
         nb = 0
         for i in range(s.ningress):
             g = &e.ingress[s.ingress[i]]
@@ -199,11 +208,13 @@ cdef void eng_send_reports(Engine e, double now) noexcept nogil:
                     e.ss[sid * N_SRC_FIELDS + S_HIGHEST_SEQ] = blocks[nb].highest
                 nb += 1
         if nb:
-            out = eng_rtcp_reserve(e, s.pid, 8 + 24 * nb + sdes_size(3))
+            out = eng_rtcp_reserve(e, s.pid, 28 + 24 * nb + sdes_size(3))
             if out != NULL:
-                used = build_rr_into(out, e.node_ssrc, blocks, nb)
+                used = build_sr_into(out, e.node_ssrc, ntp, 0, 0, 0, blocks, nb)
                 used += build_sdes_into(out + used, e.node_ssrc, b"sfu", 3)
-                eng_rtcp_shrink(e, 8 + 24 * nb + sdes_size(3), used)
+                eng_rtcp_shrink(e, 28 + 24 * nb + sdes_size(3), used)
+            if e.peers[s.pid].rtt > 0:
+                e.ss[sid * N_SRC_FIELDS + S_RTT_US] = <int64_t>(e.peers[s.pid].rtt * 1e6)
         # SR to each viewer about the stream it receives.
         for i in range(s.ndts):
             did = s.dts[i]

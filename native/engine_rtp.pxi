@@ -3,6 +3,7 @@
 
 cdef int eng_new_ingress(Engine e, int sid, uint32_t ssrc, int pt, int is_rtx,
                          int layer) except -1:
+    """A new SSRC of source sid; is_rtx is its ROLE_*. Returns the ingress handle."""
     cdef int iid
     cdef Source *s = &e.sources[sid]
     if e.n_free_ingress == 0:
@@ -14,12 +15,15 @@ cdef int eng_new_ingress(Engine e, int sid, uint32_t ssrc, int pt, int is_rtx,
     e.ingress[iid].sid = sid
     e.ingress[iid].ssrc = ssrc
     e.ingress[iid].payload_type = pt
-    e.ingress[iid].is_rtx = is_rtx
+    e.ingress[iid].is_rtx = is_rtx != ROLE_MEDIA
+    e.ingress[iid].role = is_rtx
+    e.ingress[iid].media = iid
+    e.ingress[iid].ulp_in_pt = ANY_PT
     e.ingress[iid].layer = layer
     s.ingress[s.ningress] = iid
     s.ningress += 1
     map_put(&e.ssrc_map, ssrc, iid)
-    return 0
+    return iid
 
 
 cdef inline void eng_release(Engine e, int32_t slot) noexcept nogil:
@@ -94,6 +98,8 @@ cdef Py_ssize_t eng_on_readable(Engine e, int tid, double now) noexcept nogil:
         if e.c[C_FORWARDED] - copies_at_start >= COPY_BUDGET:
             break                # large fan-outs: let the control plane run in between
         want = e.batch
+        if e.n_free_slots < 2 * want and e.pool_slots >= 4 * want:
+            eng_evict(e, 2 * want)     # histories give way to fresh packets
         if e.n_free_slots < want:
             want = e.n_free_slots
         if want == 0:
@@ -136,6 +142,9 @@ cdef Py_ssize_t eng_on_readable(Engine e, int tid, double now) noexcept nogil:
         total += n
         if n < want:
             break
+    if now >= e.next_nack:
+        e.next_nack = eng_nack_sweep(e, now)
+        eng_flush(e)
     return total
 
 
@@ -204,9 +213,8 @@ cdef inline void ingress_update(Ingress *g, const RtpView *v, double now,
 cdef void eng_rtp_in(Engine e, int32_t pid, int32_t slot, const uint8_t *d, Py_ssize_t n,
                      double now) noexcept nogil:
     cdef RtpView v
-    cdef int32_t iid, sid, did, i
+    cdef int32_t iid
     cdef Ingress *g
-    cdef Source *s
     if rtp_parse(d, n, &v) != RTP_OK:
         e.c[C_DROP_MALFORMED] += 1
         e.ps[pid * N_PEER_FIELDS + P_DROP_MALFORMED] += 1
@@ -216,54 +224,129 @@ cdef void eng_rtp_in(Engine e, int32_t pid, int32_t slot, const uint8_t *d, Py_s
         e.c[C_DROP_UNKNOWN_SSRC] += 1
         return
     g = &e.ingress[iid]
-    sid = g.sid
-    s = &e.sources[sid]
-    if s.pid != pid:
+    if e.sources[g.sid].pid != pid:
         # A bound participant sending someone else's SSRC: hijack attempt.
         e.c[C_DROP_SSRC_NOT_OWNED] += 1
         e.ps[pid * N_PEER_FIELDS + P_DROP_NOT_OWNED] += 1
         return
-    if g.is_rtx:
-        e.c[C_DROP_RTX_UNSUPPORTED] += 1
-        return
-    if v.payload_type != g.payload_type:
+    if (g.payload_type != ANY_PT and v.payload_type != g.payload_type
+            and (g.role != ROLE_MEDIA or v.payload_type != g.ulp_in_pt)):
         e.c[C_DROP_PAYLOAD_TYPE] += 1
         return
-    e.c[C_RX_RTP] += 1
-    ingress_update(g, &v, now, s.clock_rate)
-    e.ss[sid * N_SRC_FIELDS + S_PACKETS] += 1
-    e.ss[sid * N_SRC_FIELDS + S_BYTES] += n
+    if g.role == ROLE_RTX:
+        eng_rtx_in(e, pid, g, d, n, &v, now)
+    elif g.role == ROLE_FEC:
+        eng_fec_in(e, pid, iid, slot, d, n, &v, now)
+    else:
+        eng_media_in(e, iid, slot, d, n, now, HOW_DIRECT)
+
+
+cdef void eng_media_in(Engine e, int32_t iid, int32_t slot, const uint8_t *d, Py_ssize_t n,
+                       double now, int how) noexcept nogil:
+    """A media packet, received or rebuilt (RTX/FEC): history, statistics, fan-out."""
+    cdef Ingress *g = &e.ingress[iid]
+    cdef int32_t sid = g.sid, did, i
+    cdef Source *s = &e.sources[sid]
+    cdef int put = PUT_OLD
+    cdef int64_t ext = 0
+    cdef RtpView v
+    rtp_parse(d, n, &v)     # already validated by the caller
+    if how == HOW_DIRECT:
+        # RR describes the raw link; RFC 3550 A.3 counts duplicates as received.
+        ingress_update(g, &v, now, s.clock_rate)
+        e.ss[sid * N_SRC_FIELDS + S_PACKETS] += 1
+        e.ss[sid * N_SRC_FIELDS + S_BYTES] += n
+    if g.h_cap:
+        put = eng_hist_put(e, iid, slot, n, v.seq, now, &ext)
+        if put == PUT_DUP:
+            e.ss[sid * N_SRC_FIELDS + S_DUPLICATES] += 1
+            if how == HOW_DIRECT:
+                e.c[C_DROP_DUPLICATE] += 1
+            return
+    if how == HOW_DIRECT:
+        e.c[C_RX_RTP] += 1
+    if put == PUT_FILLED:
+        if how == HOW_RTX:
+            e.c[C_RECOVERED_RTX] += 1
+            e.ss[sid * N_SRC_FIELDS + S_RECOVERED_RTX] += 1
+        elif how == HOW_FEC:
+            e.c[C_RECOVERED_FEC] += 1
+            e.ss[sid * N_SRC_FIELDS + S_RECOVERED_FEC] += 1
+        else:
+            e.ss[sid * N_SRC_FIELDS + S_RECOVERED_LATE] += 1
+    elif how != HOW_DIRECT and put != PUT_NEW:
+        return      # a repair for a hole we no longer track: nobody is waiting for it
+    if put == PUT_OLD:
+        ext = hist_ext_of(g, v.seq)
     for i in range(s.ndts):
         did = s.dts[i]
-        eng_forward(e, &e.dts[did], did, slot, d, n, &v, now)
+        eng_forward(e, &e.dts[did], did, slot, d, n, &v, now, iid, put == PUT_NEW, ext)
+    if v.payload_type != g.payload_type:
+        eng_ulp_in(e, iid, d, n, &v, now)   # publisher's in-band ULPFEC: try a repair
+    elif put == PUT_NEW and g.blk_m:
+        eng_fec_block_step(e, iid, ext, now)
+
+
+cdef inline bint dt_out_seq(const Downtrack *t, int64_t ext, uint16_t seq,
+                            uint16_t *out) noexcept nogil:
+    """The viewer-side seq of media packet (ext, seq); False if it precedes the viewer."""
+    cdef int64_t i
+    if t.ulp_k == 0:
+        out[0] = <uint16_t>(seq + t.seq_delta)
+        return True
+    i = ext - t.ulp_origin
+    if i < 0:
+        return False
+    out[0] = <uint16_t>(t.ulp_out0 + i + i // t.ulp_k)
+    return True
 
 
 cdef inline void eng_forward(Engine e, Downtrack *t, int32_t did, int32_t slot, const uint8_t *d,
-                             Py_ssize_t n, const RtpView *v, double now) noexcept nogil:
+                             Py_ssize_t n, const RtpView *v, double now, int32_t iid,
+                             bint fresh, int64_t ext) noexcept nogil:
     cdef Peer *p = &e.peers[t.pid]
+    cdef Ingress *g = &e.ingress[iid]
     cdef uint8_t *h
     cdef int k
     cdef uint32_t out_ts
     cdef uint16_t out_seq
+    cdef uint8_t pt = t.out_pt
     if not p.bound:
         return
+    if v.payload_type != g.payload_type:
+        if t.ulp_k:
+            return          # this viewer gets the node's own ULPFEC, not the publisher's
+        pt = v.payload_type  # the publisher's in-band ULPFEC, passed through
     if e.tx_count == EGRESS_MAX or (e.tx_tid != p.tid and e.tx_count):
         eng_flush(e)
     if not t.started:
+        if not fresh:
+            return
         t.started = 1
         t.seq_delta = <uint16_t>(e._rand32() - v.seq)
         t.ts_delta = e._rand32() - v.ts
-    out_seq = <uint16_t>(v.seq + t.seq_delta)
+    if t.ulp_k and not t.ulp_started:
+        if not fresh:
+            return
+        t.ulp_started = 1
+        t.ulp_origin = ext
+        t.ulp_out0 = <uint16_t>e._rand32()
+        t.ulp_block = 0
+        t.ulp_top = 0
+    t.iid = iid
+    if not dt_out_seq(t, ext, v.seq, &out_seq):
+        return
     out_ts = v.ts + t.ts_delta
-    t.last_out_ts = out_ts
-    t.last_out_time = now
+    if fresh:
+        t.last_out_ts = out_ts
+        t.last_out_time = now
     t.sr_packets += 1
     t.sr_octets += v.payload_size
     k = e.tx_count
     h = e.tx_fixed + 12 * k
     # Only the fixed header changes; CSRCs, extensions and payload go out of the slot.
     h[0] = d[0]
-    h[1] = (d[1] & 0x80) | t.out_pt
+    h[1] = (d[1] & 0x80) | pt
     wr16(h + 2, out_seq)
     wr32(h + 4, out_ts)
     wr32(h + 8, t.out_ssrc)
@@ -284,10 +367,20 @@ cdef inline void eng_forward(Engine e, Downtrack *t, int32_t did, int32_t slot, 
     e.ds[did * N_DT_FIELDS + D_PACKETS] += 1
     e.ds[did * N_DT_FIELDS + D_BYTES] += n
     e.c[C_FORWARDED] += 1
+    if t.ulp_k and fresh:
+        eng_ulp_step(e, t, did, g, ext - t.ulp_origin)
 
 
-cdef uint8_t *eng_rtcp_reserve(Engine e, int32_t pid, Py_ssize_t size) noexcept nogil:
+cdef inline uint8_t *eng_rtcp_reserve(Engine e, int32_t pid, Py_ssize_t size) noexcept nogil:
     """Room for one RTCP datagram to peer pid in the egress batch (NULL if unbound)."""
+    cdef uint8_t *out = eng_aux_reserve(e, pid, size)
+    if out != NULL:
+        e.c[C_RTCP_SENT] += 1
+    return out
+
+
+cdef uint8_t *eng_aux_reserve(Engine e, int32_t pid, Py_ssize_t size) noexcept nogil:
+    """Room for one datagram the node builds itself (RTCP, RTX, FEC) to peer pid."""
     cdef Peer *p = &e.peers[pid]
     cdef uint8_t *out
     cdef int k
@@ -311,7 +404,6 @@ cdef uint8_t *eng_rtcp_reserve(Engine e, int32_t pid, Py_ssize_t size) noexcept 
     e.tx_pid[k] = pid
     e.tx_tid = p.tid
     e.tx_count = k + 1
-    e.c[C_RTCP_SENT] += 1
     return out
 
 
@@ -326,6 +418,7 @@ cdef void eng_flush(Engine e) noexcept nogil:
     cdef int fd
     cdef Py_ssize_t nbytes
     if e.tx_count == 0:
+        eng_release_deferred(e)
         return
     fd = e.fds[e.tx_tid] if e.tx_tid >= 0 else -1
     while off < e.tx_count and fd >= 0:
@@ -349,3 +442,11 @@ cdef void eng_flush(Engine e) noexcept nogil:
         off += r
     e.tx_count = 0
     e.rtcp_used = 0
+    eng_release_deferred(e)
+
+
+cdef inline void eng_release_deferred(Engine e) noexcept nogil:
+    cdef int32_t k
+    for k in range(e.n_deferred):
+        eng_release(e, e.deferred[k])
+    e.n_deferred = 0

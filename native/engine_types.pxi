@@ -31,6 +31,8 @@ COUNTER_NAMES = (
     "drop_ssrc_not_owned", "drop_payload_type", "drop_rtx_unsupported", "drop_no_slot",
     "drop_send_eagain", "drop_send_error", "drop_event_overflow",
     "recv_batches", "recv_errors", "drop_event_queue", "recv_no_slot", "drop_stun_rate",
+    "drop_duplicate", "rtx_in", "fec_in", "nack_sent", "rtx_sent", "resend_sent", "resend_miss",
+    "fec_sent", "recovered_rtx", "recovered_fec", "unrecovered", "hist_evicted",
 )
 
 cdef enum:
@@ -71,10 +73,26 @@ cdef enum:
     C_DROP_EVENT_QUEUE
     C_RECV_NO_SLOT
     C_DROP_STUN_RATE
+    C_DROP_DUPLICATE
+    C_RTX_IN
+    C_FEC_IN
+    C_NACK_SENT
+    C_RTX_SENT
+    C_RESEND_SENT
+    C_RESEND_MISS
+    C_FEC_SENT
+    C_RECOVERED_RTX
+    C_RECOVERED_FEC
+    C_UNRECOVERED
+    C_HIST_EVICTED
     N_COUNTERS
 
+# lost: RFC 3550 cumulative loss on the uplink before recovery; missing: holes seen;
+# unrecovered: holes given up on after NACK and FEC (loss after recovery).
 SOURCE_FIELDS = ("packets", "bytes", "lost", "jitter", "pli_sent", "pli_coalesced",
-                 "downtracks", "highest_seq")
+                 "downtracks", "highest_seq", "missing", "nack_sent", "recovered_rtx",
+                 "recovered_fec", "recovered_late", "unrecovered", "duplicates", "rtt_us",
+                 "rtx_in", "fec_in")
 cdef enum:
     S_PACKETS = 0
     S_BYTES
@@ -84,11 +102,22 @@ cdef enum:
     S_PLI_COALESCED
     S_DOWNTRACKS
     S_HIGHEST_SEQ
+    S_MISSING
+    S_NACK_SENT
+    S_RECOVERED_RTX
+    S_RECOVERED_FEC
+    S_RECOVERED_LATE
+    S_UNRECOVERED
+    S_DUPLICATES
+    S_RTT_US
+    S_RTX_IN
+    S_FEC_IN
     N_SRC_FIELDS
 
 DOWNTRACK_FIELDS = ("packets", "bytes", "rr_count", "rr_fraction_lost", "rr_cumulative_lost",
                     "rr_jitter", "rr_highest_seq", "rtt_us", "pli_in", "nack_in", "remb_bps",
-                    "sr_sent")
+                    "sr_sent", "nack_seqs", "nack_runs", "rtx_sent", "rtx_bytes", "resend_miss",
+                    "fec_sent", "fec_bytes", "fec_k", "fec_m")
 cdef enum:
     D_PACKETS = 0
     D_BYTES
@@ -102,6 +131,15 @@ cdef enum:
     D_NACK_IN
     D_REMB_BPS
     D_SR_SENT
+    D_NACK_SEQS
+    D_NACK_RUNS
+    D_RTX_SENT
+    D_RTX_BYTES
+    D_RESEND_MISS
+    D_FEC_SENT
+    D_FEC_BYTES
+    D_FEC_K
+    D_FEC_M
     N_DT_FIELDS
 
 PEER_FIELDS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "drop_ssrc_not_owned",
@@ -124,6 +162,7 @@ cdef struct Peer:
     sockaddr_in addr
     uint64_t key
     int32_t nsources         # sources it publishes
+    double rtt               # uplink RTT (s) from SR/RR or NACK->RTX; 0 = unknown
     int32_t first_dt         # head of its downtracks' list (-1 = none), so leaving is O(own)
 
 
@@ -148,6 +187,30 @@ cdef struct Ingress:
     uint8_t have_transit
     uint32_t sr_ntp_mid      # middle 32 bits of the last SR's NTP time (LSR)
     double sr_time           # when that SR arrived (0 = never)
+    # Recovery. role: media, RTX (repairs `media`) or SFU-RS FEC (repairs `media`).
+    uint8_t role
+    int32_t media            # ingress repaired by this one (RTX/FEC), else itself
+    # History ring indexed by extended seq & (h_cap - 1): the packet's slot while held,
+    # or NACK state while missing. Window [h_lo, h_hi) of extended seqs.
+    int32_t h_cap
+    int32_t *h_slot
+    int64_t *h_ext
+    double *h_time           # arrival (held) or detection (missing)
+    double *h_due            # next NACK (missing)
+    double *h_nack           # when the last NACK for it went out (RTT samples)
+    uint16_t *h_len
+    uint8_t *h_state
+    uint8_t *h_tries
+    int64_t h_lo
+    int64_t h_hi
+    double h_age
+    int32_t nmissing
+    uint8_t pending          # listed in the engine's NACK work list
+    # Downlink SFU-RS block being collected: [blk_base, blk_base + blk_k).
+    int64_t blk_base
+    uint8_t blk_k
+    uint8_t blk_m            # max parity rows any downtrack of this ingress wants
+    uint8_t ulp_in_pt        # in-band ULPFEC payload type accepted on this SSRC (ANY_PT = none)
 
 
 cdef struct Source:
@@ -164,6 +227,9 @@ cdef struct Source:
     int32_t ningress
     int32_t ingress[8]
     double last_pli
+    uint8_t nack             # NACK the publisher for holes
+    uint8_t inband_fec       # the publisher sends in-band ULPFEC (its holes may be FEC)
+    uint8_t fec_k            # SFU-RS block length for downlink FEC
 
 
 cdef struct Downtrack:
@@ -184,3 +250,23 @@ cdef struct Downtrack:
     double last_out_time
     uint32_t sr_packets
     uint32_t sr_octets
+    # Recovery toward this viewer (set by sfu/recovery.py through set_downtrack_recovery).
+    int32_t iid              # ingress last forwarded (NACKs are answered from its history)
+    uint8_t nack             # answer NACKs at all
+    uint32_t rtx_ssrc        # 0 = plain resends
+    uint8_t rtx_pt
+    uint16_t rtx_seq
+    uint32_t fec_ssrc
+    uint8_t fec_pt
+    uint8_t fec_m            # SFU-RS parity rows per block (0 = no FEC)
+    uint16_t fec_seq
+    # In-band ULPFEC (RFC 5109 as GStreamer's rtpulpfecdec wants it): one FEC packet after
+    # every ulp_k media packets, same SSRC, taking a seq in the media seq space. Media
+    # index i (from the viewer's first packet) goes out as ulp_out0 + i + i // ulp_k.
+    uint8_t ulp_k
+    uint8_t ulp_pt
+    uint8_t ulp_started
+    uint16_t ulp_out0
+    int64_t ulp_origin       # extended seq of media index 0
+    int64_t ulp_block        # next block to close
+    int64_t ulp_top          # highest media index forwarded

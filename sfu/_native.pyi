@@ -39,7 +39,7 @@ class Engine:
         max_peers: int = 4096,
         max_sources: int = 4096,
         max_downtracks: int = 65536,
-        pool_slots: int = 4096,
+        pool_slots: int = 16384,  # 2 KiB slots shared by in-flight packets and histories
         batch: int = 64,
         event_ring: int = 8192,
         node_ssrc: int = 1,
@@ -47,6 +47,12 @@ class Engine:
         pli_interval: float = 0.3,
         stun_rate: float = 2000.0,  # STUN datagrams/s handed to Python (0 = unlimited)
         seed: int = ...,
+        history_video: float = 2.0,  # seconds a video packet stays for retransmission
+        history_audio: float = 1.0,
+        nack_delay: float = 0.005,  # reorder wait before the first NACK to a publisher
+        nack_max_tries: int = 10,
+        nack_max_age: float = 1.0,  # give up on a hole after this long (then a PLI)
+        nack_rtt_default: float = 0.1,  # uplink RTT until SR/RR or NACK->RTX measure it
     ) -> None: ...
     # -- configure (raise ValueError) --
     def add_udp(self, fd: int) -> int:
@@ -65,9 +71,20 @@ class Engine:
     def add_source(self, pid: int, kind: int, clock_rate: int) -> int:
         """A published track owned by pid; returns a source id."""
     def add_ingress(self, sid: int, ssrc: int, payload_type: int, rtx_ssrc: int = 0,
-                    layer: int = 0) -> None:
-        """Declare an SSRC (and optional RTX SSRC) the source's owner sends.
-        Raises ValueError if the SSRC is already in use on this node."""
+                    layer: int = 0, rtx_payload_type: int = -1, fec_ssrc: int = 0,
+                    fec_payload_type: int = -1) -> None:
+        """Declare an SSRC the source's owner sends, with its optional RTX (RFC 4588) and
+        SFU-RS FEC streams (payload type -1 = any). Media SSRCs get a retransmission
+        history; holes in them are NACKed to the owner and repaired from RTX or FEC
+        before fan-out. Raises ValueError if an SSRC is already in use on this node."""
+    def set_source_recovery(self, sid: int, nack: bool = True, fec_k: int = 0) -> None:
+        """Uplink NACKs on/off, and the SFU-RS block length (media packets per block,
+        0..64) used for this source's viewers' FEC."""
+    def set_downtrack_recovery(self, did: int, nack: bool = True, rtx_ssrc: int = 0,
+                               rtx_payload_type: int = 0, fec_ssrc: int = 0,
+                               fec_payload_type: int = 0, fec_m: int = 0) -> None:
+        """Answer this viewer's NACKs (as RTX on rtx_ssrc, or plain resends when 0) and
+        send it fec_m SFU-RS parity packets (0..16) per source block on fec_ssrc."""
     def remove_source(self, sid: int) -> None:
         """Frees the source, its SSRCs and its downtracks."""
     def add_downtrack(self, sid: int, pid: int, out_ssrc: int, out_pt: int) -> int:
@@ -83,7 +100,8 @@ class Engine:
     def ingest(self, tid: int, data: bytes, host: str, port: int, now: float) -> None:
         """Process one datagram that did not come through recvmmsg (tests, QUIC)."""
     def on_tick(self, now: float) -> float:
-        """Run timers (RTCP SR/RR); returns the next deadline (same clock as now)."""
+        """Run timers (RTCP reports, NACK retries, history expiry); returns the next
+        deadline (same clock as now)."""
     def send_to(self, tid: int, data: bytes, host: str, port: int) -> bool:
         """Send one control datagram (e.g. a STUN response) on transport tid."""
     def request_keyframe(self, sid: int, now: float) -> bool:
@@ -169,3 +187,41 @@ class JitterBuffer:
     @property
     def capacity(self) -> int: ...
     def stats(self) -> dict[str, int]: ...
+# -- SFU-RS burst FEC (Reed-Solomon over GF(2^8)); see docs/fec-burst.md, native/rsfec*.pxi --
+# masks are the wire value everywhere: bit 63 - i set = packet base_seq + i present
+def rs_encode(media_packets: list[bytes | None], k: int, m: int, base_seq: int, fec_pt: int,
+              fec_seq: int, fec_ssrc: int, rows: int | None = None) -> list[bytes]: ...
+def rs_parse(fec_rtp: bytes) -> dict[str, object]: ...
+def rs_decode(fec_packets: list[bytes], received: dict[int, bytes],
+              media_pt: int) -> list[bytes]: ...
+
+class RsEncoder:
+    fec_pt: int
+    fec_ssrc: int
+    def __init__(self, fec_pt: int, fec_ssrc: int, k: int, m: int, seq: int = 0) -> None: ...
+    @property
+    def next_seq(self) -> int: ...
+    @property
+    def k(self) -> int: ...
+    @property
+    def m(self) -> int: ...
+    def set_rate(self, k: int, m: int) -> None: ...
+    def add(self, media_rtp: bytes) -> list[bytes]: ...
+    def flush(self) -> list[bytes]: ...
+
+class RsDecoder:
+    media_pt: int
+    media_ssrc: int
+    window: int
+    def __init__(self, media_pt: int, media_ssrc: int, window: int = 64) -> None: ...
+    def add_media(self, rtp: bytes) -> list[bytes]: ...
+    def add_fec(self, fec_rtp: bytes) -> list[bytes]: ...
+    def stats(self) -> dict[str, int]: ...
+
+# test hooks for the C level (tests/test_rsfec.py, bench/bench_fec.py)
+def _rs_simd(enable: bool | None = None) -> bool: ...
+def _rs_gf_tables() -> tuple[bytes, bytes, bytes, bytes, bytes]: ...
+def _rs_parity_rows(prefixes: bytes, bodies: list[bytes | None], mask: int, k: int, row0: int,
+                    nrows: int, L: int) -> bytes | None: ...
+def _rs_recover(k: int, mask: int, imgs: list[bytes | None], rows: list[int],
+                parity: list[bytes], L: int) -> dict[int, bytes] | None: ...

@@ -16,7 +16,8 @@ from sfu import __version__, _native
 from sfu.config import NodeConfig
 from sfu.errors import BadRequest
 from sfu.events import EventBus
-from sfu.rooms import KINDS, ROLES, Layer, RoomManager
+from sfu.recovery_loop import RecoveryController
+from sfu.rooms import FEC_MODES, KINDS, ROLES, Layer, RecoveryRequest, RoomManager
 from sfu.stats import StatsView
 from sfu.transports.udp import UdpTransport
 
@@ -97,25 +98,52 @@ def _layers(params: Params) -> list[Layer]:
     for i, item in enumerate(raw):
         where = f"layers[{i}]"
         if not isinstance(item, dict):
-            raise BadRequest(f"field {where!r} must be a map with rid, ssrc, rtx_ssrc?")
-        _check_keys(item, ("rid", "ssrc", "rtx_ssrc"), where)
+            raise BadRequest(f"field {where!r} must be a map with rid, ssrc, rtx_ssrc?, "
+                             "fec_ssrc?")
+        _check_keys(item, ("rid", "ssrc", "rtx_ssrc", "fec_ssrc"), where)
         rid = item.get("rid", "")
         if not isinstance(rid, str) or len(rid) > 16:
             raise BadRequest(f"field '{where}.rid' must be a string of ≤16 characters")
         try:
             ssrc = _req_int(item, "ssrc", 1, 0xFFFFFFFF)
             rtx = _int(item, "rtx_ssrc", 1, 0xFFFFFFFF, optional=True)
+            fec = _int(item, "fec_ssrc", 1, 0xFFFFFFFF, optional=True)
         except BadRequest as exc:
             raise BadRequest(f"{where}: {exc}") from None
-        for s in (ssrc, rtx):
+        for s in (ssrc, rtx, fec):
             if s is not None:
                 if s in seen:
                     raise BadRequest(f"field '{where}' repeats ssrc {s}")
                 seen.add(s)
         if any(lay.rid == rid for lay in layers):
             raise BadRequest(f"field '{where}.rid' repeats rid {rid!r}")
-        layers.append(Layer(rid, ssrc, rtx))
+        layers.append(Layer(rid, ssrc, rtx, fec))
     return layers
+
+
+def _payload_type(params: Params, name: str) -> int | None:
+    pt = _int(params, name, 0, 127, optional=True)
+    if pt is not None and 64 <= pt <= 95:  # would collide with RTCP packet types (RFC 5761 §4)
+        raise BadRequest(f"field {name!r} {pt} is in the RTCP-reserved range 64..95")
+    return pt
+
+
+def _recovery(params: Params) -> RecoveryRequest:
+    raw = params.get("recovery", {})
+    if not isinstance(raw, dict):
+        raise BadRequest("field 'recovery' must be a map with nack?, rtx?, fec?")
+    _check_keys(raw, ("nack", "rtx", "fec"), "recovery")
+    rec = RecoveryRequest()
+    for name in ("nack", "rtx"):
+        value = raw.get(name, True)
+        if not isinstance(value, bool):
+            raise BadRequest(f"field 'recovery.{name}' must be true or false")
+        setattr(rec, name, value)
+    rec.fec = raw.get("fec", "auto")
+    if rec.fec not in FEC_MODES:
+        raise BadRequest(f"field 'recovery.fec' must be one of {', '.join(FEC_MODES)}, "
+                         f"got {rec.fec!r:.40}")
+    return rec
 
 
 class Node:
@@ -129,6 +157,7 @@ class Node:
         self.engine = _native.Engine(max_peers=16384, max_downtracks=65536,
                                      node_ssrc=self.node_ssrc)
         self.udp: UdpTransport | None = None
+        self.recovery: RecoveryController | None = None
         self._rooms: RoomManager | None = None
         self._stats: StatsView | None = None
         self.started = time.time()
@@ -156,8 +185,10 @@ class Node:
                                   max_rooms=self.config.max_rooms,
                                   reserved_ssrcs=(self.node_ssrc,),
                                   max_participants_per_room=self.config.max_participants_per_room)
+        self.recovery = RecoveryController(self.engine, self._rooms)
+        self.udp.on_receiver_report = self.recovery.on_receiver_report
         self.udp.start(self._rooms)
-        self._stats = StatsView(self.engine, self.udp)
+        self._stats = StatsView(self.engine, self.udp, self.recovery)
 
     def close(self) -> None:
         if self._rooms is not None:
@@ -269,7 +300,7 @@ class Node:
 
     async def _track_publish(self, params: Params) -> dict[str, Any]:
         _check_keys(params, ("room", "participant", "kind", "codec", "payload_type",
-                             "clock_rate", "layers"))
+                             "clock_rate", "layers", "rtx_payload_type", "fec_payload_type"))
         room, participant = _id(params, "room"), _id(params, "participant")
         kind = _enum(params, "kind", tuple(KINDS))
         codec = _enum(params, "codec", CODECS)
@@ -283,8 +314,10 @@ class Node:
         layers = _layers(params)
         if kind == "audio" and len(layers) != 1:
             raise BadRequest("field 'layers' must hold exactly one layer for audio")
+        rtx_pt = _payload_type(params, "rtx_payload_type")
+        fec_pt = _payload_type(params, "fec_payload_type")
         track = self.rooms.publish(room, participant, kind, codec, payload_type, clock_rate,
-                                   layers)
+                                   layers, rtx_pt, fec_pt)
         return {"track": track.track_id}
 
     async def _track_unpublish(self, params: Params) -> None:
@@ -294,11 +327,15 @@ class Node:
         return None
 
     async def _track_subscribe(self, params: Params) -> dict[str, Any]:
-        _check_keys(params, ("room", "participant", "track"))
+        _check_keys(params, ("room", "participant", "track", "recovery"))
+        recovery = _recovery(params)
         sub = self.rooms.subscribe(_id(params, "room"), _id(params, "participant"),
-                                   _id(params, "track"))
+                                   _id(params, "track"), recovery)
         return {"subscription": sub.subscription_id, "ssrc": sub.ssrc,
-                "payload_type": sub.payload_type, "rtx_ssrc": sub.rtx_ssrc}
+                "payload_type": sub.payload_type,
+                "rtx_ssrc": sub.rtx_ssrc if recovery.rtx else None,
+                "rtx_payload_type": sub.rtx_payload_type, "fec_ssrc": sub.fec_ssrc,
+                "fec_payload_type": sub.fec_payload_type, "fec": recovery.fec}
 
     async def _track_unsubscribe(self, params: Params) -> None:
         _check_keys(params, ("room", "participant", "subscription"))

@@ -21,14 +21,33 @@ PUBLISHING_ROLES = ("host", "cohost")
 KINDS = {"audio": _native.KIND_AUDIO, "video": _native.KIND_VIDEO}
 
 
+FEC_MODES = ("auto", "off", "rs")
+DEFAULT_RTX_PT = {"video": 97, "audio": 112}
+DEFAULT_FEC_PT = 125  # SFU-RS (docs/fec-burst.md)
+
+
 @dataclass(slots=True)
 class Layer:
     rid: str
     ssrc: int
     rtx_ssrc: int | None
+    fec_ssrc: int | None = None  # the publisher's SFU-RS stream for this layer
+
+    def ssrcs(self) -> list[int]:
+        return [s for s in (self.ssrc, self.rtx_ssrc, self.fec_ssrc) if s]
 
     def describe(self) -> dict[str, Any]:
-        return {"rid": self.rid, "ssrc": self.ssrc, "rtx_ssrc": self.rtx_ssrc}
+        return {"rid": self.rid, "ssrc": self.ssrc, "rtx_ssrc": self.rtx_ssrc,
+                "fec_ssrc": self.fec_ssrc}
+
+
+@dataclass(slots=True)
+class RecoveryRequest:
+    """What a viewer negotiated in track.subscribe (loss_spec: `recovery`)."""
+
+    nack: bool = True
+    rtx: bool = True
+    fec: str = "auto"  # auto | off | rs
 
 
 @dataclass(slots=True)
@@ -40,6 +59,18 @@ class Subscription:
     ssrc: int
     payload_type: int
     rtx_ssrc: int | None
+    rtx_payload_type: int = 0
+    fec_ssrc: int | None = None
+    fec_payload_type: int = DEFAULT_FEC_PT
+    recovery: RecoveryRequest = field(default_factory=RecoveryRequest)
+    plan: dict[str, Any] = field(default_factory=dict)  # last plan applied (sfu/recovery.py)
+    room_id: str = ""
+
+    def describe_recovery(self) -> dict[str, Any]:
+        return {"nack": self.recovery.nack, "rtx": self.recovery.rtx, "fec": self.recovery.fec,
+                "rtx_ssrc": self.rtx_ssrc, "rtx_payload_type": self.rtx_payload_type,
+                "fec_ssrc": self.fec_ssrc, "fec_payload_type": self.fec_payload_type,
+                "plan": dict(self.plan)}
 
 
 @dataclass(slots=True)
@@ -52,6 +83,8 @@ class Track:
     clock_rate: int
     layers: list[Layer]
     sid: int  # native source handle
+    rtx_payload_type: int = 97
+    fec_payload_type: int = DEFAULT_FEC_PT
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -105,6 +138,7 @@ class RoomManager:
         self.rooms: dict[str, Room] = {}
         self.by_ufrag: dict[str, Participant] = {}
         self.by_pid: dict[int, Participant] = {}
+        self.by_did: dict[int, Subscription] = {}  # native downtrack -> subscription
         # Every SSRC in use on the node, in or out, plus the node's own (RTCP sender).
         self._ssrcs: set[int] = set(reserved_ssrcs)
 
@@ -121,6 +155,10 @@ class RoomManager:
         if p is None:
             raise NotFound(f"participant {participant_id!r} is not in room {room_id!r}")
         return p
+
+    def emit(self, room_id: str, name: str, data: dict[str, Any]) -> None:
+        """An event for a state change made outside this class (e.g. recovery plans)."""
+        self._emit(room_id, name, data)
 
     def _emit(self, room_id: str, name: str, data: dict[str, Any]) -> None:
         self.bus.publish(room_id, name, data)
@@ -224,13 +262,20 @@ class RoomManager:
     # -- tracks ----------------------------------------------------------------------------
 
     def publish(self, room_id: str, participant_id: str, kind: str, codec: str,
-                payload_type: int, clock_rate: int, layers: list[Layer]) -> Track:
+                payload_type: int, clock_rate: int, layers: list[Layer],
+                rtx_payload_type: int | None = None,
+                fec_payload_type: int | None = None) -> Track:
         room = self.room(room_id)
         p = self.participant(room_id, participant_id)
         if p.role not in PUBLISHING_ROLES:
             raise Unauthorized(f"participant {participant_id!r} has role {p.role!r} and "
                                "may not publish")
-        wanted = [lay.ssrc for lay in layers] + [lay.rtx_ssrc for lay in layers if lay.rtx_ssrc]
+        rtx_pt = DEFAULT_RTX_PT[kind] if rtx_payload_type is None else rtx_payload_type
+        fec_pt = DEFAULT_FEC_PT if fec_payload_type is None else fec_payload_type
+        if len({payload_type, rtx_pt, fec_pt}) != 3:
+            raise Conflict(f"payload types must differ: media {payload_type}, RTX {rtx_pt}, "
+                           f"FEC {fec_pt}")
+        wanted = [s for lay in layers for s in lay.ssrcs()]
         taken = [s for s in wanted if s in self._ssrcs]
         if taken:
             raise Conflict(f"ssrc {taken[0]} is already in use on this node")
@@ -240,14 +285,16 @@ class RoomManager:
             raise LimitExceeded(f"node cannot take more tracks: {exc}") from exc
         try:
             for index, lay in enumerate(layers):
-                self.engine.add_ingress(sid, lay.ssrc, payload_type, lay.rtx_ssrc or 0, index)
+                self.engine.add_ingress(sid, lay.ssrc, payload_type, lay.rtx_ssrc or 0, index,
+                                        rtx_payload_type=rtx_pt, fec_ssrc=lay.fec_ssrc or 0,
+                                        fec_payload_type=fec_pt)
         except ValueError as exc:
             self.engine.remove_source(sid)
             raise Conflict(f"cannot publish: {exc}") from exc
         self._ssrcs.update(wanted)
         track_id = "TR_" + secrets.token_hex(6)
         track = Track(track_id, participant_id, kind, codec, payload_type, clock_rate,
-                      layers, sid)
+                      layers, sid, rtx_pt, fec_pt)
         p.tracks[track_id] = track
         room.tracks[track_id] = track
         self._emit(room_id, "track.published", {
@@ -271,6 +318,8 @@ class RoomManager:
         del room.tracks[track.track_id]
         for lay in track.layers:
             self._release_ssrcs(lay.ssrc, lay.rtx_ssrc)
+            if lay.fec_ssrc:
+                self._ssrcs.discard(lay.fec_ssrc)
         if native:  # remove_source also frees the source's downtracks
             self.engine.remove_source(track.sid)
         if emit:
@@ -285,7 +334,8 @@ class RoomManager:
             if ssrc and ssrc not in self._ssrcs:
                 return ssrc
 
-    def subscribe(self, room_id: str, participant_id: str, track_id: str) -> Subscription:
+    def subscribe(self, room_id: str, participant_id: str, track_id: str,
+                  recovery: RecoveryRequest | None = None) -> Subscription:
         room = self.room(room_id)
         p = self.participant(room_id, participant_id)
         track = room.tracks.get(track_id)
@@ -299,12 +349,20 @@ class RoomManager:
         except ValueError as exc:
             raise LimitExceeded(f"node cannot take more subscriptions: {exc}") from exc
         self._ssrcs.add(ssrc)
-        # RTX toward subscribers is not sent yet; the SSRC is reserved so clients can
-        # already signal it.
+        rec = recovery or RecoveryRequest()
         rtx_ssrc = self._new_ssrc()
         self._ssrcs.add(rtx_ssrc)
+        fec_ssrc = self._new_ssrc()
+        self._ssrcs.add(fec_ssrc)
         sub = Subscription("SU_" + secrets.token_hex(6), track_id, participant_id, did, ssrc,
-                           track.payload_type, rtx_ssrc)
+                           track.payload_type, rtx_ssrc, track.rtx_payload_type, fec_ssrc,
+                           track.fec_payload_type, rec, room_id=room_id)
+        # FEC starts at zero rows; sfu/recovery.py raises it from the viewer's reports.
+        self.engine.set_downtrack_recovery(
+            did, nack=rec.nack, rtx_ssrc=rtx_ssrc if rec.rtx else 0,
+            rtx_payload_type=track.rtx_payload_type, fec_ssrc=fec_ssrc,
+            fec_payload_type=track.fec_payload_type)
+        self.by_did[did] = sub
         p.subscriptions[sub.subscription_id] = sub
         track.subscriptions[sub.subscription_id] = sub
         self._emit(room_id, "subscription.created", {
@@ -328,6 +386,9 @@ class RoomManager:
         if track is not None:
             track.subscriptions.pop(sub.subscription_id, None)
         self._release_ssrcs(sub.ssrc, sub.rtx_ssrc)
+        if sub.fec_ssrc:
+            self._ssrcs.discard(sub.fec_ssrc)
+        self.by_did.pop(sub.did, None)
         if native:
             self.engine.remove_downtrack(sub.did)
         if emit:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sfu import _native
 
 if TYPE_CHECKING:
+    from sfu.recovery_loop import RecoveryController
     from sfu.rooms import Participant, Room, Subscription, Track
     from sfu.transports.udp import UdpTransport
 
@@ -19,9 +20,11 @@ def _row(names: tuple[str, ...], array: Any, index: int) -> dict[str, int]:
 
 
 class StatsView:
-    def __init__(self, engine: _native.Engine, udp: UdpTransport) -> None:
+    def __init__(self, engine: _native.Engine, udp: UdpTransport,
+                 recovery: RecoveryController | None = None) -> None:
         self.engine = engine
         self.udp = udp
+        self.recovery = recovery
         # Last (time, rx_datagrams, tx_datagrams) sample and the rates derived from it.
         self._sample: tuple[float, int, int] | None = None
         self._rates = (0.0, 0.0)
@@ -64,10 +67,16 @@ class StatsView:
 
     def subscription(self, sub: Subscription) -> dict[str, Any]:
         # Receiver-report fields (rr_*) come from the viewer's RTCP RR for this downtrack.
+        # recovery: what the viewer negotiated, the plan in force, and the link estimate
+        # (loss before recovery, burstiness, RTT) with the model's residual for the plan.
+        recovery = sub.describe_recovery()
+        if self.recovery is not None:
+            recovery["link"] = self.recovery.describe(sub)
         return {"subscription": sub.subscription_id, "participant": sub.participant_id,
                 "track": sub.track_id, "ssrc": sub.ssrc,
                 "downtrack": _row(_native.DOWNTRACK_FIELDS, self.engine.downtrack_stats,
-                                  sub.did)}
+                                  sub.did),
+                "recovery": recovery}
 
     def participant(self, p: Participant) -> dict[str, Any]:
         return {"room": p.room_id, "participant": p.participant_id, "role": p.role,

@@ -28,7 +28,7 @@ PT = 96
 # Datagrams that end in exactly one of these (engine accounting invariant).
 INGRESS_OUTCOMES = ("rx_rtp", "rx_rtcp", "rx_stun", "drop_malformed", "drop_unbound",
                     "drop_not_rtp", "drop_unknown_ssrc", "drop_ssrc_not_owned",
-                    "drop_payload_type", "drop_rtx_unsupported", "drop_no_slot")
+                    "drop_payload_type", "drop_duplicate", "drop_no_slot")
 
 
 def run_async(fn: Callable[..., Any]) -> Callable[..., Any]:

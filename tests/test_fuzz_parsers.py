@@ -122,8 +122,64 @@ def ingress_drop_names() -> list[str]:
     return [n for n in _native.COUNTER_NAMES if n.startswith("drop_") and n not in EGRESS_DROPS]
 
 
-def predict(data: bytes, sender: str) -> str:
-    """The counter a datagram must land in (RFC 7983 demux, then design.md §3 rules).
+class HistoryModel:
+    """The engine's per-SSRC history ring (native/engine_recovery.pxi), enough of it to
+    say which packets are duplicates: held entries by extended seq, window [lo, hi)."""
+
+    CAP, AGE = 2048, 2.0  # video history: ring size and age (Engine defaults)
+
+    def __init__(self) -> None:
+        self.lo = self.hi = 0
+        self.ring: dict[int, tuple[int, str, float]] = {}  # pos -> (ext, state, time)
+
+    def ext_of(self, seq: int) -> int:
+        top = self.hi - 1
+        d = (seq - top) & 0xFFFF
+        return top + (d - 0x10000 if d >= 0x8000 else d)
+
+    def put(self, seq: int, now: float) -> str:
+        """'new', 'dup' or 'old', as eng_hist_put decides."""
+        if self.hi == 0:
+            ext = (1 << 32) + seq
+            self.lo = self.hi = ext
+        else:
+            ext = self.ext_of(seq)
+        if ext >= self.hi:
+            if ext - self.hi > self.CAP >> 1:
+                for x in range(self.lo, self.hi):
+                    got = self.ring.get(x % self.CAP)
+                    if got is not None and got[0] == x:
+                        del self.ring[x % self.CAP]
+                self.lo = ext
+            else:
+                for x in range(self.hi, ext):
+                    self.ring[x % self.CAP] = (x, "missing", now)
+            self.hi = ext + 1
+            self.lo = max(self.lo, self.hi - self.CAP)
+            self.ring[ext % self.CAP] = (ext, "held", now)
+            return "new"
+        if ext < self.lo:
+            return "old"
+        got = self.ring.get(ext % self.CAP)
+        if got is not None and got[0] == ext and got[1] == "held":
+            return "dup"
+        self.ring[ext % self.CAP] = (ext, "held", now)
+        return "new"
+
+    def expire(self, now: float) -> None:
+        while self.lo < self.hi:
+            got = self.ring.get(self.lo % self.CAP)
+            if got is not None and got[0] == self.lo:
+                if now - got[2] < self.AGE:
+                    break
+                del self.ring[self.lo % self.CAP]
+            self.lo += 1
+
+
+def predict(data: bytes, sender: str, hist: HistoryModel | None = None,
+            now: float = 0.0) -> str:
+    """The counter a datagram must land in (RFC 7983 demux, then design.md §3 rules,
+    then duplicate detection against the publisher's history when `hist` is given).
 
     sender: "pub" (owns SSRC and RTX_SSRC), "sub" (a bound viewer owning no SSRC) or
     "stranger" (unbound address).
@@ -155,8 +211,17 @@ def predict(data: bytes, sender: str) -> str:
     if ssrc == OTHER_SSRC or sender != "pub":
         return "drop_ssrc_not_owned"
     if ssrc == RTX_SSRC:
-        return "drop_rtx_unsupported"
-    return "rx_rtp" if p["payload_type"] == PT else "drop_payload_type"
+        # RFC 4588: the payload starts with the original sequence number.
+        if p["payload_size"] < 2:  # type: ignore[operator]
+            return "drop_malformed"
+        if hist is not None:
+            hist.put(int.from_bytes(data[p["header_size"]:p["header_size"] + 2]), now)  # type: ignore[misc]
+        return "rx_rtp"
+    if p["payload_type"] != PT:
+        return "drop_payload_type"
+    if hist is not None and hist.put(p["sequence_number"], now) == "dup":  # type: ignore[arg-type]
+        return "drop_duplicate"
+    return "rx_rtp"
 
 
 def udp_socket() -> socket.socket:
@@ -233,7 +298,7 @@ def test_counter_names_cover_ingress_outcomes():
     names = set(_native.COUNTER_NAMES)
     needed = {"rx_datagrams", *HANDLED, "drop_malformed", "drop_unbound", "drop_not_rtp",
               "drop_unknown_ssrc", "drop_ssrc_not_owned", "drop_payload_type",
-              "drop_rtx_unsupported", "drop_event_queue"}
+              "drop_duplicate", "drop_event_queue"}
     assert needed <= names, needed - names
 
 
@@ -247,22 +312,27 @@ def test_engine_ingest_fuzz_accounts_for_every_datagram(node: dict[str, object])
     inputs = crashers + seeds + [
         rng.choice(seeds) if rng.random() < 0.2 else mutate(rng, seeds) for _ in range(6000)]
     want: Counter[str] = Counter()
+    hist = HistoryModel()
     before = counters(eng)
     now = 100.0
     for i, data in enumerate(inputs):
         sender = ("pub", "pub", "pub", "sub", "stranger")[i % 5]
         host, port = addrs[sender]
         eng.ingest(tid, data, host, port, now)
-        want[predict(data, sender)] += 1
+        want[predict(data, sender, hist, now)] += 1
         now += 0.0005
         if i % 64 == 0:
             eng.on_tick(now)
+            hist.expire(now)
             eng.drain_events()
             for k in ("pub", "sub", "other"):
                 drain(node[k])  # type: ignore[arg-type]
     eng.drain_events()
     check_accounting(before, counters(eng), want)
     assert want["rx_rtp"] > 50 and want["rx_rtcp"] > 50 and want["drop_malformed"] > 50
+    assert want["drop_duplicate"] > 0
+    assert eng.live()["slots_in_use"] > 0  # the retransmission history holds packets
+    eng.on_tick(now + 10.0)  # past every history's age
     assert eng.live()["slots_in_use"] == 0  # every pool slot came back
 
 
@@ -275,6 +345,7 @@ def test_engine_socket_fuzz_accounts_for_every_datagram(node: dict[str, object])
     rng = random.Random("engine-socket")
     seeds = engine_corpus(rng)
     want: Counter[str] = Counter()
+    hist = HistoryModel()
     before = counters(eng)
     now = 200.0
     sent = 0
@@ -283,7 +354,7 @@ def test_engine_socket_fuzz_accounts_for_every_datagram(node: dict[str, object])
             data = mutate(rng, seeds) if i else seeds[batch % len(seeds)]
             sender = stranger if i % 5 == 4 else pub
             sender.sendto(data, srv.getsockname())
-            want[predict(data, "pub" if sender is pub else "stranger")] += 1
+            want[predict(data, "pub" if sender is pub else "stranger", hist, now)] += 1
             sent += 1
         # Loopback delivery is synchronous; bounded retries only guard against slowness.
         for _ in range(50):
@@ -295,6 +366,7 @@ def test_engine_socket_fuzz_accounts_for_every_datagram(node: dict[str, object])
             drain(node[k])  # type: ignore[arg-type]
         now += 0.05
     check_accounting(before, counters(eng), want)
+    eng.on_tick(now + 10.0)
     assert eng.live()["slots_in_use"] == 0
 
 

@@ -288,14 +288,16 @@ async def test_node_sends_sr_to_viewers_and_rr_to_publisher():
         assert await wait_until(lambda: len(viewer.rtp()) == 10)
         # Reports come from the engine's own timer (rtcp_interval ≈ 1 s).
         assert await wait_until(lambda: any(r["type"] == "sr" for r in viewer.rtcp()), 5)
-        assert await wait_until(lambda: any(r["type"] == "rr" for r in host.rtcp()), 5)
+        # To the host: an SR from the node SSRC carrying the report blocks (RTT via LSR).
+        assert await wait_until(lambda: any(r["type"] == "sr" for r in host.rtcp()), 5)
         sr = next(r for r in viewer.rtcp() if r["type"] == "sr")
         assert sr["ssrc"] == sub["ssrc"]
         assert sr["packets"] == 10
         assert sr["octets"] == sum(p["payload_size"] for p in viewer.rtp())
         ntp_seconds = (sr["ntp"] >> 32) - 2208988800  # NTP era 0 → Unix time
         assert abs(ntp_seconds - time.time()) < 60
-        rr = next(r for r in host.rtcp() if r["type"] == "rr")
+        rr = next(r for r in host.rtcp() if r["type"] == "sr")
+        assert rr["packets"] == 0
         (block,) = [b for b in rr["reports"] if b["ssrc"] == HOST_SSRC]
         assert block["highest_seq"] & 0xFFFF == 9
         assert block["packets_lost"] == 0

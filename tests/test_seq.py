@@ -172,7 +172,7 @@ def test_engine_receiver_report_matches_oracle(node: dict[str, object], name: st
         now += 0.001
     recv_all(pub, timeout=0.05)  # nothing but reports should reach the publisher
     eng.on_tick(now + 2.0)
-    reports = [p for d in recv_all(pub) for p in rtcp_ref.parse(d) if p["type"] == "rr"]
+    reports = [p for d in recv_all(pub) for p in rtcp_ref.parse(d) if p["type"] in ("rr", "sr")]
     assert reports, "no receiver report reached the publisher"
     blocks = [b for r in reports for b in r["reports"] if b["ssrc"] == SSRC]  # type: ignore
     assert len(blocks) == 1

@@ -163,13 +163,13 @@ async def drive(tshark: str, path: str) -> tuple[int, dict[str, Any]]:
             binding("host")
             await wait_for(lambda: any(kind(d) == "stun" for d in peers["host"].rx),
                            "the refresh STUN response")
-            # The node's own reports: SR+SDES to each viewer, RR+SDES to the host.
+            # The node's own reports: SR+SDES to each viewer, SR+SDES (with report blocks) to the host.
             await asyncio.sleep(max(0.0, REPORT_WAIT - (time.monotonic() - started)))
             await wait_for(lambda: all(any(kind(d) == "rtcp" for d in v.rx) for v in viewers),
                            "the node's SR to the viewers")
 
             def host_rr_after_sr() -> bool:
-                return any(kind(d) == "rtcp" and rtcp_types(d)[:1] == ["rr"]
+                return any(kind(d) == "rtcp" and rtcp_types(d)[:1] == ["sr"]
                            for d in peers["host"].rx[host_rx_before_sr:])
 
             await wait_for(host_rr_after_sr, "the node's RR to the host after the host's SR")
@@ -276,8 +276,8 @@ def check_frames(port: int, facts: dict[str, Any], frames: list[dict[str, Any]])
     assert ints(sent[1], "rtp.ext.profile") == [0xBEDE]  # one-byte form (RFC 8285 §4.2)
     assert 2 * N_RTP == counters["forwarded"]
 
-    # RTCP from the node: PLI to the host for its SSRC; compound RR+SDES(CNAME) to the host
-    # reporting on its SSRC; compound SR+SDES(CNAME) to each viewer from its SSRC.
+    # RTCP from the node: PLI to the host for its SSRC; compound SR+SDES(CNAME) from the
+    # node SSRC (no media: packet count 0) to the host, reporting on its SSRC; compound SR+SDES(CNAME) to each viewer from its SSRC.
     rtcp = [(who, f) for who, f in outbound if top_protocol(f) == "rtcp"]
     assert len(rtcp) == counters["rtcp_sent"]
     plis = [(who, f) for who, f in rtcp if ints(f, "rtcp.pt") == [PSFB]]
@@ -295,7 +295,7 @@ def check_frames(port: int, facts: dict[str, Any], frames: list[dict[str, Any]])
         seen[who] += 1
         assert 1 in ints(f, "rtcp.sdes.type"), "every compound carries a CNAME"
         if who == "host":
-            assert ints(f, "rtcp.pt") == [RR, SDES]
+            assert ints(f, "rtcp.pt") == [SR, SDES]
             node_ssrc = ints(f, "rtcp.senderssrc")[0]
             assert ints(f, "rtcp.ssrc.identifier") == [HOST_SSRC, node_ssrc]
             if num(one(f, "frame.number")) > host_sr_frame:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sfu import _native, stun
@@ -64,6 +65,8 @@ class UdpTransport:
         self._rooms: RoomManager | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        # Called with the downtrack handle of each receiver-report block (recovery policy).
+        self.on_receiver_report: Callable[[int], None] | None = None
 
     def start(self, rooms: RoomManager) -> None:
         self._rooms = rooms
@@ -113,6 +116,8 @@ class UdpTransport:
                     self.counters["bye_events"] += 1
                 elif kind == _native.EV_RR:
                     self.counters["rr_events"] += 1  # the numbers are in downtrack_stats
+                    if self.on_receiver_report is not None:
+                        self.on_receiver_report(int(event[1]))
                 elif kind == _native.EV_OVERFLOW:
                     self.counters["event_overflows"] += 1
                     log.warning("engine event ring overflowed: %s events lost", event[1])
