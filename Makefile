@@ -27,6 +27,7 @@ run: build
 	$(VENV)/bin/sfu serve
 
 test: build
+	@tools/system-deps.sh
 	$(PY) -m pytest -p no:cacheprovider tests
 
 lint: $(STAMP)

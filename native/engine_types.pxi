@@ -28,7 +28,7 @@ COUNTER_NAMES = (
     "pli_sent", "pli_coalesced", "pli_in", "fir_in", "nack_in", "remb_in", "twcc_in",
     "sr_in", "rr_in", "bye_in", "rtcp_unknown", "rtcp_foreign_ssrc",
     "drop_malformed", "drop_unbound", "drop_not_rtp", "drop_unknown_ssrc",
-    "drop_ssrc_not_owned", "drop_payload_type", "drop_rtx_unsupported", "drop_no_slot",
+    "drop_ssrc_not_owned", "drop_payload_type", "drop_no_slot",
     "drop_send_eagain", "drop_send_error", "drop_event_overflow",
     "recv_batches", "recv_errors", "drop_event_queue", "recv_no_slot", "drop_stun_rate",
     "drop_duplicate", "rtx_in", "fec_in", "nack_sent", "rtx_sent", "resend_sent", "resend_miss",
@@ -63,7 +63,6 @@ cdef enum:
     C_DROP_UNKNOWN_SSRC
     C_DROP_SSRC_NOT_OWNED
     C_DROP_PAYLOAD_TYPE
-    C_DROP_RTX_UNSUPPORTED
     C_DROP_NO_SLOT
     C_DROP_SEND_EAGAIN
     C_DROP_SEND_ERROR

@@ -300,7 +300,8 @@ class Node:
 
     async def _track_publish(self, params: Params) -> dict[str, Any]:
         _check_keys(params, ("room", "participant", "kind", "codec", "payload_type",
-                             "clock_rate", "layers", "rtx_payload_type", "fec_payload_type"))
+                             "clock_rate", "layers", "rtx_payload_type", "fec_payload_type",
+                             "ulpfec_payload_type"))
         room, participant = _id(params, "room"), _id(params, "participant")
         kind = _enum(params, "kind", tuple(KINDS))
         codec = _enum(params, "codec", CODECS)
@@ -316,8 +317,9 @@ class Node:
             raise BadRequest("field 'layers' must hold exactly one layer for audio")
         rtx_pt = _payload_type(params, "rtx_payload_type")
         fec_pt = _payload_type(params, "fec_payload_type")
+        ulp_pt = _payload_type(params, "ulpfec_payload_type")
         track = self.rooms.publish(room, participant, kind, codec, payload_type, clock_rate,
-                                   layers, rtx_pt, fec_pt)
+                                   layers, rtx_pt, fec_pt, ulp_pt)
         return {"track": track.track_id}
 
     async def _track_unpublish(self, params: Params) -> None:
@@ -335,7 +337,8 @@ class Node:
                 "payload_type": sub.payload_type,
                 "rtx_ssrc": sub.rtx_ssrc if recovery.rtx else None,
                 "rtx_payload_type": sub.rtx_payload_type, "fec_ssrc": sub.fec_ssrc,
-                "fec_payload_type": sub.fec_payload_type, "fec": recovery.fec}
+                "fec_payload_type": sub.fec_payload_type, "fec": recovery.fec,
+                "ulpfec_payload_type": sub.ulpfec_payload_type}
 
     async def _track_unsubscribe(self, params: Params) -> None:
         _check_keys(params, ("room", "participant", "subscription"))

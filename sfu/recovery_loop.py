@@ -76,8 +76,8 @@ class RecoveryController:
         if new_k is not None:
             self.engine.set_source_recovery(track.sid, fec_k=new_k)
             # Rows already granted stay valid for the new block length (any m works with any k).
-        if sub.recovery.fec == "off":
-            return
+        if sub.recovery.fec in ("off", "ulpfec"):
+            return      # fixed at subscribe time
         policy = self._policies.get(did)
         if policy is None:
             policy = self._policies[did] = RecoveryPolicy(

@@ -21,9 +21,11 @@ PUBLISHING_ROLES = ("host", "cohost")
 KINDS = {"audio": _native.KIND_AUDIO, "video": _native.KIND_VIDEO}
 
 
-FEC_MODES = ("auto", "off", "rs")
+FEC_MODES = ("auto", "off", "rs", "ulpfec")
 DEFAULT_RTX_PT = {"video": 97, "audio": 112}
 DEFAULT_FEC_PT = 125  # SFU-RS (docs/fec-burst.md)
+DEFAULT_ULPFEC_PT = 116  # RFC 5109, in band (GStreamer rtpulpfecenc/dec, libwebrtc)
+ULPFEC_GROUP = 4  # media packets per in-band ULPFEC packet toward a "ulpfec" viewer
 
 
 @dataclass(slots=True)
@@ -47,7 +49,7 @@ class RecoveryRequest:
 
     nack: bool = True
     rtx: bool = True
-    fec: str = "auto"  # auto | off | rs
+    fec: str = "auto"  # auto | off | rs | ulpfec
 
 
 @dataclass(slots=True)
@@ -66,11 +68,13 @@ class Subscription:
     plan: dict[str, Any] = field(default_factory=dict)  # last plan applied (sfu/recovery.py)
     room_id: str = ""
 
+    ulpfec_payload_type: int = DEFAULT_ULPFEC_PT
+
     def describe_recovery(self) -> dict[str, Any]:
         return {"nack": self.recovery.nack, "rtx": self.recovery.rtx, "fec": self.recovery.fec,
                 "rtx_ssrc": self.rtx_ssrc, "rtx_payload_type": self.rtx_payload_type,
                 "fec_ssrc": self.fec_ssrc, "fec_payload_type": self.fec_payload_type,
-                "plan": dict(self.plan)}
+                "ulpfec_payload_type": self.ulpfec_payload_type, "plan": dict(self.plan)}
 
 
 @dataclass(slots=True)
@@ -85,6 +89,7 @@ class Track:
     sid: int  # native source handle
     rtx_payload_type: int = 97
     fec_payload_type: int = DEFAULT_FEC_PT
+    ulpfec_payload_type: int = DEFAULT_ULPFEC_PT
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -264,7 +269,8 @@ class RoomManager:
     def publish(self, room_id: str, participant_id: str, kind: str, codec: str,
                 payload_type: int, clock_rate: int, layers: list[Layer],
                 rtx_payload_type: int | None = None,
-                fec_payload_type: int | None = None) -> Track:
+                fec_payload_type: int | None = None,
+                ulpfec_payload_type: int | None = None) -> Track:
         room = self.room(room_id)
         p = self.participant(room_id, participant_id)
         if p.role not in PUBLISHING_ROLES:
@@ -272,9 +278,10 @@ class RoomManager:
                                "may not publish")
         rtx_pt = DEFAULT_RTX_PT[kind] if rtx_payload_type is None else rtx_payload_type
         fec_pt = DEFAULT_FEC_PT if fec_payload_type is None else fec_payload_type
-        if len({payload_type, rtx_pt, fec_pt}) != 3:
+        ulp_pt = DEFAULT_ULPFEC_PT if ulpfec_payload_type is None else ulpfec_payload_type
+        if len({payload_type, rtx_pt, fec_pt, ulp_pt}) != 4:
             raise Conflict(f"payload types must differ: media {payload_type}, RTX {rtx_pt}, "
-                           f"FEC {fec_pt}")
+                           f"FEC {fec_pt}, ULPFEC {ulp_pt}")
         wanted = [s for lay in layers for s in lay.ssrcs()]
         taken = [s for s in wanted if s in self._ssrcs]
         if taken:
@@ -287,14 +294,14 @@ class RoomManager:
             for index, lay in enumerate(layers):
                 self.engine.add_ingress(sid, lay.ssrc, payload_type, lay.rtx_ssrc or 0, index,
                                         rtx_payload_type=rtx_pt, fec_ssrc=lay.fec_ssrc or 0,
-                                        fec_payload_type=fec_pt)
+                                        fec_payload_type=fec_pt, ulpfec_payload_type=ulp_pt)
         except ValueError as exc:
             self.engine.remove_source(sid)
             raise Conflict(f"cannot publish: {exc}") from exc
         self._ssrcs.update(wanted)
         track_id = "TR_" + secrets.token_hex(6)
         track = Track(track_id, participant_id, kind, codec, payload_type, clock_rate,
-                      layers, sid, rtx_pt, fec_pt)
+                      layers, sid, rtx_pt, fec_pt, ulp_pt)
         p.tracks[track_id] = track
         room.tracks[track_id] = track
         self._emit(room_id, "track.published", {
@@ -356,12 +363,15 @@ class RoomManager:
         self._ssrcs.add(fec_ssrc)
         sub = Subscription("SU_" + secrets.token_hex(6), track_id, participant_id, did, ssrc,
                            track.payload_type, rtx_ssrc, track.rtx_payload_type, fec_ssrc,
-                           track.fec_payload_type, rec, room_id=room_id)
+                           track.fec_payload_type, rec, room_id=room_id,
+                           ulpfec_payload_type=track.ulpfec_payload_type)
         # FEC starts at zero rows; sfu/recovery.py raises it from the viewer's reports.
         self.engine.set_downtrack_recovery(
             did, nack=rec.nack, rtx_ssrc=rtx_ssrc if rec.rtx else 0,
             rtx_payload_type=track.rtx_payload_type, fec_ssrc=fec_ssrc,
-            fec_payload_type=track.fec_payload_type)
+            fec_payload_type=track.fec_payload_type,
+            ulpfec_k=ULPFEC_GROUP if rec.fec == "ulpfec" else 0,
+            ulpfec_payload_type=track.ulpfec_payload_type)
         self.by_did[did] = sub
         p.subscriptions[sub.subscription_id] = sub
         track.subscriptions[sub.subscription_id] = sub
