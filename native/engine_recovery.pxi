@@ -222,6 +222,9 @@ cdef void eng_resend(Engine e, Downtrack *t, int32_t did, Ingress *g, int32_t po
     cdef uint16_t out_seq
     if rtp_parse(d, n, &v) != RTP_OK:
         return
+    if v.payload_type != g.payload_type:
+        eng_ulp_relay(e, t, did, g, d, &v, g.h_ext[pos])     # publisher's in-band FEC
+        return
     hs = v.header_size
     if not dt_out_seq(t, g.h_ext[pos], v.seq, &out_seq):
         return
@@ -703,8 +706,6 @@ cdef void eng_ulp_in(Engine e, int32_t iid, const uint8_t *d, Py_ssize_t n, cons
     cdef Py_ssize_t out_len = 0
     cdef uint8_t *o
     e.sources[g.sid].inband_fec = 1
-    e.c[C_FEC_IN] += 1
-    e.ss[g.sid * N_SRC_FIELDS + S_FEC_IN] += 1
     if fec_parse(d + v.header_size, v.payload_size, &fv) != FEC_OK:
         return
     for i in range(FEC_MAX_GROUP):
@@ -728,7 +729,7 @@ cdef void eng_ulp_in(Engine e, int32_t iid, const uint8_t *d, Py_ssize_t n, cons
     o = e.pool + <size_t>slot * SLOT_SIZE
     err = fec_recover_into(d + v.header_size, v.payload_size, g.ssrc, pkts, lens, count,
                            o, SLOT_SIZE, &out_len)
-    if err == FEC_OK and (o[1] & 0x7F) == g.payload_type:
+    if err == FEC_OK and (o[1] & 0x7F) == g.payload_type and rd32(o + 8) == g.ssrc:
         eng_media_in(e, iid, slot, o, out_len, now, HOW_FEC)
     eng_defer_release(e, slot)
 
@@ -749,7 +750,19 @@ cdef void eng_ulp_step(Engine e, Downtrack *t, int32_t did, Ingress *g, int64_t 
 
 cdef void eng_ulp_block(Engine e, Downtrack *t, int32_t did, Ingress *g, int64_t b) noexcept nogil:
     """The ULPFEC packet of media block b of this viewer (its seq is fixed by the mapping)."""
-    cdef int i, count = 0, k = t.ulp_k
+    cdef int i, k = t.ulp_k
+    cdef int64_t exts[ULP_MAX_K]
+    for i in range(k):
+        exts[i] = t.ulp_origin + b * k + i
+    eng_ulp_emit(e, t, did, g, exts, k, <uint16_t>(t.ulp_out0 + b * (k + 1) + k), t.ulp_pt, 0)
+
+
+cdef int eng_ulp_emit(Engine e, Downtrack *t, int32_t did, Ingress *g, const int64_t *exts,
+                      int n, uint16_t fec_seq, uint8_t fec_pt, bint need_all) noexcept nogil:
+    """XOR-protect the viewer's copies of the held media packets exts[] into one in-band
+    ULPFEC packet on the viewer's SSRC. need_all: send nothing unless every one is held.
+    Returns 1 if a packet was queued."""
+    cdef int i, count = 0
     cdef int64_t ext
     cdef int32_t pos
     cdef uint8_t *c
@@ -760,20 +773,24 @@ cdef void eng_ulp_block(Engine e, Downtrack *t, int32_t did, Ingress *g, int64_t
     cdef uint16_t out_seq
     cdef uint32_t ts = 0
     cdef uint8_t *out
-    for i in range(k):
-        ext = t.ulp_origin + b * k + i
+    for i in range(n):
+        ext = exts[i]
         pos = <int32_t>(ext & (g.h_cap - 1))
-        if ext < g.h_lo or ext >= g.h_hi or g.h_ext[pos] != ext or g.h_state[pos] != H_HELD:
+        if (ext < g.h_lo or ext >= g.h_hi or g.h_ext[pos] != ext or g.h_state[pos] != H_HELD
+                or count == ULP_MAX_K):
+            if need_all:
+                return 0
             continue
         q = e.pool + <size_t>g.h_slot[pos] * SLOT_SIZE
-        if (q[1] & 0x7F) != g.payload_type:
+        if (q[1] & 0x7F) != g.payload_type or not dt_out_seq(t, ext, rd16(q + 2), &out_seq):
+            if need_all:
+                return 0
             continue
         plen = g.h_len[pos]
         # The viewer's copy (rewritten header): FEC protects what the viewer receives.
         c = e.ulp_scratch + <size_t>count * SLOT_SIZE
         memcpy(c, q, plen)
         c[1] = (q[1] & 0x80) | t.out_pt
-        dt_out_seq(t, ext, rd16(q + 2), &out_seq)
         wr16(c + 2, out_seq)
         ts = rd32(q + 4) + t.ts_delta
         wr32(c + 4, ts)
@@ -784,23 +801,44 @@ cdef void eng_ulp_block(Engine e, Downtrack *t, int32_t did, Ingress *g, int64_t
         if plen - 12 > cap:
             cap = plen - 12
     if count == 0:
-        return
+        return 0
     out = eng_aux_reserve(e, t.pid, 12 + FEC_HEADER + 8 + cap)
     if out == NULL:
-        return
+        return 0
     if fec_encode_into(pkts, lens, count, out + 12, FEC_HEADER + 8 + cap, &used) != FEC_OK:
         eng_rtcp_shrink(e, 12 + FEC_HEADER + 8 + cap, 0)
         e.tx_count -= 1
-        return
+        return 0
     out[0] = 0x80
-    out[1] = t.ulp_pt
-    wr16(out + 2, <uint16_t>(t.ulp_out0 + b * (k + 1) + k))
+    out[1] = fec_pt
+    wr16(out + 2, fec_seq)
     wr32(out + 4, ts)
     wr32(out + 8, t.out_ssrc)
     eng_rtcp_shrink(e, 12 + FEC_HEADER + 8 + cap, 12 + used)
     e.c[C_FEC_SENT] += 1
     e.ds[did * N_DT_FIELDS + D_FEC_SENT] += 1
     e.ds[did * N_DT_FIELDS + D_FEC_BYTES] += 12 + used
+    return 1
+
+
+cdef int eng_ulp_relay(Engine e, Downtrack *t, int32_t did, Ingress *g, const uint8_t *d,
+                       const RtpView *v, int64_t ext) noexcept nogil:
+    """The publisher's in-band ULPFEC packet, re-encoded for this viewer: its header fields
+    (SN base, TS recovery) depend on the viewer's rewrite, so it cannot pass as is. Sent
+    only when the node holds every packet it protects (it repairs with it first)."""
+    cdef FecView fv
+    cdef int64_t exts[FEC_MAX_GROUP]
+    cdef int i, n = 0
+    cdef uint16_t out_seq
+    if fec_parse(d + v.header_size, v.payload_size, &fv) != FEC_OK:
+        return 0
+    for i in range(FEC_MAX_GROUP):
+        if (fv.mask >> i) & 1:
+            exts[n] = hist_ext_of(g, <uint16_t>(fv.sn_base + i))
+            n += 1
+    if n > ULP_MAX_K or not dt_out_seq(t, ext, v.seq, &out_seq):
+        return 0
+    return eng_ulp_emit(e, t, did, g, exts, n, out_seq, v.payload_type, 1)
 
 
 cdef int64_t eng_ulp_nacked(Engine e, Downtrack *t, int32_t did, Ingress *g,

@@ -278,12 +278,15 @@ cdef void eng_media_in(Engine e, int32_t iid, int32_t slot, const uint8_t *d, Py
         return      # a repair for a hole we no longer track: nobody is waiting for it
     if put == PUT_OLD:
         ext = hist_ext_of(g, v.seq)
+    if v.payload_type != g.payload_type:
+        # Publisher's in-band ULPFEC: repair with it first, then relay it re-encoded.
+        e.c[C_FEC_IN] += 1
+        e.ss[sid * N_SRC_FIELDS + S_FEC_IN] += 1
+        eng_ulp_in(e, iid, d, n, &v, now)
     for i in range(s.ndts):
         did = s.dts[i]
         eng_forward(e, &e.dts[did], did, slot, d, n, &v, now, iid, put == PUT_NEW, ext)
-    if v.payload_type != g.payload_type:
-        eng_ulp_in(e, iid, d, n, &v, now)   # publisher's in-band ULPFEC: try a repair
-    elif put == PUT_NEW and g.blk_m:
+    if put == PUT_NEW and g.blk_m and v.payload_type == g.payload_type:
         eng_fec_block_step(e, iid, ext, now)
 
 
@@ -314,9 +317,12 @@ cdef inline void eng_forward(Engine e, Downtrack *t, int32_t did, int32_t slot, 
     if not p.bound:
         return
     if v.payload_type != g.payload_type:
-        if t.ulp_k:
-            return          # this viewer gets the node's own ULPFEC, not the publisher's
-        pt = v.payload_type  # the publisher's in-band ULPFEC, passed through
+        # The publisher's in-band ULPFEC: re-encoded for this viewer, or none for a viewer
+        # that gets the node's own ULPFEC (its seq space has no room for the publisher's).
+        if not t.ulp_k and t.started:
+            if eng_ulp_relay(e, t, did, g, d, v, ext):
+                t.iid = iid
+        return
     if e.tx_count == EGRESS_MAX or (e.tx_tid != p.tid and e.tx_count):
         eng_flush(e)
     if not t.started:

@@ -5,7 +5,7 @@
 set -euo pipefail
 PKGS="tshark gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0"
-if command -v tshark >/dev/null 2>&1 && command -v gst-launch-1.0 >/dev/null 2>&1 \
+if command -v tshark >/dev/null 2>&1 && gst-inspect-1.0 vp8enc rtpulpfecdec >/dev/null 2>&1 \
     && /usr/bin/python3 -c "import gi; gi.require_version('Gst', '1.0')" >/dev/null 2>&1; then
   exit 0
 fi
