@@ -264,7 +264,8 @@ def test_inband_ulpfec_to_a_viewer_uses_the_media_seq_space(link: Link):
     for g in range(3):
         group, fec = got[5 * g:5 * g + 4], got[5 * g + 4]
         for lost in range(4):
-            others = {n.parse_rtp(d)["sequence_number"]: d for i, d in enumerate(group) if i != lost}
+            others = {n.parse_rtp(d)["sequence_number"]: d
+                      for i, d in enumerate(group) if i != lost}
             assert n.ulpfec_recover(fec, others) == group[lost]
     # A NACK for a FEC seq gets that FEC packet again; a media seq its packet.
     link.view.sendto(n.build_nack(9, OUT_SSRC, [(seq0 + 9) & 0xFFFF, (seq0 + 7) & 0xFFFF]),
