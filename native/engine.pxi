@@ -403,10 +403,14 @@ cdef class Engine:
     def set_source_recovery(self, int sid, bint nack=True, int fec_k=0):
         """Uplink NACKs on/off for this source, and the SFU-RS block length for its viewers."""
         cdef Source *s = self._source(sid)
+        cdef int i
         if not 0 <= fec_k <= RS_MAX_K:
             raise ValueError(f"fec_k must be 0..{RS_MAX_K}")
         s.nack = nack
         s.fec_k = fec_k
+        for i in range(s.ndts):
+            if self.dts[s.dts[i]].fec_m:
+                self.ds[s.dts[i] * N_DT_FIELDS + D_FEC_K] = fec_k
 
     def set_downtrack_recovery(self, int did, bint nack=True, unsigned int rtx_ssrc=0,
                                int rtx_payload_type=0, unsigned int fec_ssrc=0,

@@ -2,7 +2,8 @@
 
 Pure: no I/O, no clock (time is passed in), no engine. The node feeds a ``LinkEstimate`` per
 downtrack from the viewer's feedback (RR loss fraction and RTT, NACKed sequence runs, packet
-counters) and asks a ``RecoveryPolicy`` for the ``Plan`` to apply (``set_recovery``).
+counters) and asks a ``RecoveryPolicy`` for the ``Plan`` to apply; ``BlockSizer`` sizes the
+SFU-RS block of each source (k is per source, m per viewer).
 
 Models (all residuals are fractions of media packets not available by the playout deadline):
 
@@ -16,8 +17,10 @@ Models (all residuals are fractions of media packets not available by the playou
   it is lost and more than m of the k+m packets of its block are lost. Exact for i.i.d. loss
   (binomial) and for Gilbert–Elliott loss (a dynamic program over the block's Markov chain).
   A Gilbert channel with mean loss-run length 1/(1-p) *is* i.i.d. loss, so one DP serves both.
-- FEC then NACK: a packet the code could not rebuild gets the NACK rounds that still fit after
-  its block completed (conservative: the client NACKs earlier, when it sees the hole).
+- FEC with NACK, jointly (``residual``): holes are NACKed as soon as they are seen and
+  retransmissions feed the decoder, so a media packet stays lost iff its NACK rounds failed
+  and more than m packets of its block are still missing. (Treating them in sequence, FEC
+  first and NACK on what it left, overstated it by an order of magnitude in bench/loss.py.)
 """
 
 from __future__ import annotations
@@ -112,15 +115,18 @@ def ge_params(avg: float, mean_burst: float) -> tuple[float, float]:
 
 
 @lru_cache(maxsize=512)
-def _ge_table(p_gb: float, p_bg: float, kmax: int, mmax: int) -> np.ndarray:
+def _ge_table(p_gb: float, p_bg: float, kmax: int, mmax: int, keep: float = 1.0) -> np.ndarray:
     """table[k, m] = residual after RS decoding of a block of k media + m parity packets,
     for every 1 ≤ k ≤ kmax, 0 ≤ m ≤ mmax, on a Gilbert channel; exact, by a forward DP over
-    (channel state, losses so far, capped at mmax+1) carrying both the probability and the
-    expected number of media losses. All block sizes run at once (axis 0 = k)."""
+    (channel state, packets missing so far, capped at mmax+1) carrying both the probability
+    and the expected number of missing media packets. All block sizes run at once (axis 0 =
+    k). ``keep``: chance that a lost media packet is still missing when the decoder needs it
+    (its NACK rounds all failed); retransmitted packets feed the decoder, parity is never
+    retransmitted."""
     ks = np.arange(1, kmax + 1)
-    T = mmax + 2  # losses 0..mmax, and "more than mmax"
+    T = mmax + 2  # missing 0..mmax, and "more than mmax"
     pi_b = p_gb / (p_gb + p_bg) if p_gb + p_bg > 0 else 0.0
-    # P[k, s, t]: probability; W[k, s, t]: E[media lost · 1{state}] (s: 0 = Good, 1 = Bad)
+    # P[k, s, t]: probability; W[k, s, t]: E[missing media · 1{state}] (s: 0 = Good, 1 = Bad)
     P = np.zeros((kmax, 2, T))
     W = np.zeros((kmax, 2, T))
     P[:, 0, 0] = 1.0 - pi_b
@@ -129,29 +135,28 @@ def _ge_table(p_gb: float, p_bg: float, kmax: int, mmax: int) -> np.ndarray:
     stay = np.array([[1.0 - p_gb, p_gb], [p_bg, 1.0 - p_bg]])  # stay[s_from, s_to]
     for j in range(kmax + mmax):
         media = (j < ks)[:, None]  # position j is a media packet of block k
+        miss = np.where(media, keep, 1.0)  # a packet lost in Bad stays missing
         active = (j < ks + mmax)[:, None, None]
-        # loss draw with the current state (Good never loses, Bad always: Gilbert)
-        lostP = np.zeros_like(P)
-        lostW = np.zeros_like(W)
-        lostP[:, 1, 1:] = P[:, 1, :-1]
-        lostP[:, 1, -1] += P[:, 1, -1]
-        lostW[:, 1, 1:] = W[:, 1, :-1] + np.where(media, P[:, 1, :-1], 0.0)
-        lostW[:, 1, -1] += W[:, 1, -1] + np.where(media[:, 0], P[:, 1, -1], 0.0)
-        nP = lostP.copy()
-        nW = lostW.copy()
-        nP[:, 0, :] += P[:, 0, :]
-        nW[:, 0, :] += W[:, 0, :]
-        # state transition after the draw
-        tP = np.einsum("kst,su->kut", nP, stay)
-        tW = np.einsum("kst,su->kut", nW, stay)
-        P = np.where(active, tP, P)
-        W = np.where(active, tW, W)
+        # draw with the current state (Good never loses, Bad always: Gilbert), then move
+        pb, wb = P[:, 1, :], W[:, 1, :]
+        gain = np.where(media, pb, 0.0)  # one more missing media packet
+        nP = np.empty_like(P)
+        nW = np.empty_like(W)
+        nP[:, 0, :] = P[:, 0, :]
+        nW[:, 0, :] = W[:, 0, :]
+        nP[:, 1, :] = pb * (1.0 - miss)
+        nW[:, 1, :] = wb * (1.0 - miss)
+        nP[:, 1, 1:] += pb[:, :-1] * miss
+        nP[:, 1, -1] += pb[:, -1] * miss[:, 0]
+        nW[:, 1, 1:] += (wb[:, :-1] + gain[:, :-1]) * miss
+        nW[:, 1, -1] += (wb[:, -1] + gain[:, -1]) * miss[:, 0]
+        P = np.where(active, np.einsum("kst,su->kut", nP, stay), P)
+        W = np.where(active, np.einsum("kst,su->kut", nW, stay), W)
         # block k ends after its media and m = j+1-k parity packets: residual for that m
         for k in range(max(1, j + 1 - mmax), min(kmax, j + 1) + 1):
             m = j + 1 - k
             if 0 <= m <= mmax:
-                wsum = W[k - 1].sum(axis=0)  # over states
-                out[k, m] = wsum[m + 1:].sum() / k
+                out[k, m] = W[k - 1].sum(axis=0)[m + 1:].sum() / k
     return out
 
 
@@ -212,11 +217,13 @@ class Link:
     back_loss: float | None = None  # viewer → node (NACKs); None = same as loss
     pps: float = 200.0  # media packets per second on the downtrack
     packet_bytes: float = 1000.0  # mean media RTP packet size
+    loss_sd: float = 0.0  # standard error of ``loss`` (estimator noise)
 
     def __post_init__(self) -> None:
         _prob("loss", self.loss)
         if self.back_loss is not None:
             _prob("back_loss", self.back_loss)
+        _prob("loss_sd", self.loss_sd)
         for name, v, lo in (("rtt_s", self.rtt_s, 0.0), ("pps", self.pps, 1e-9),
                             ("packet_bytes", self.packet_bytes, 1.0)):
             if not (math.isfinite(v) and v >= lo):
@@ -249,12 +256,16 @@ def overhead(plan: Plan, link: Link) -> float:
 
 
 def fec_residual(plan: Plan, link: Link) -> float:
-    """Residual after FEC alone (before any NACK)."""
+    """Residual after FEC alone (no NACK)."""
+    return _fec_table(plan, link, 1.0)
+
+
+def _fec_table(plan: Plan, link: Link, keep: float) -> float:
     if plan.fec == "off" or link.loss == 0.0:
-        return link.loss
+        return link.loss * keep
     p_gb, p_bg = ge_params(link.loss, link.burst)
     kmax, mmax = (RS_MAX_K, RS_MAX_M) if plan.fec == "rs" else (ULPFEC_MAX_K, 1)
-    return float(_ge_table(_q(p_gb), _q(p_bg), kmax, mmax)[plan.k, plan.m])
+    return float(_ge_table(_q(p_gb), _q(p_bg), kmax, mmax, _q(keep))[plan.k, plan.m])
 
 
 def _q(x: float) -> float:
@@ -262,24 +273,30 @@ def _q(x: float) -> float:
     return round(x, 6)
 
 
-def _nack_factor(plan: Plan, link: Link, budget_s: float) -> float:
-    """Mean over a block's media positions of the chance that every NACK round left after
-    the block completes fails (1 when NACK is off)."""
-    q = 1.0 - (1.0 - link.loss) * (1.0 - link.p_back)
+def _nack_keep(plan: Plan, link: Link, budget_s: float) -> float:
+    """Chance that a lost media packet is still missing at its deadline after NACK alone."""
     if not plan.nack:
         return 1.0
-    if plan.fec == "off":
-        return q ** nack_rounds(budget_s, link.rtt_s, link.detect_s())
-    total = 0.0
-    for i in range(plan.k):  # packet i waits for the rest of its block and the parity
-        wait = (plan.k - 1 - i + plan.m) / link.pps
-        total += q ** nack_rounds(budget_s - wait, link.rtt_s, link.detect_s())
-    return total / plan.k
+    q = 1.0 - (1.0 - link.loss) * (1.0 - link.p_back)
+    return q ** nack_rounds(budget_s, link.rtt_s, link.detect_s())
 
 
 def residual(plan: Plan, link: Link, budget_s: float = 0.2) -> float:
-    """Modelled residual loss of ``plan`` on ``link``: FEC, then the NACK rounds that fit."""
-    return fec_residual(plan, link) * _nack_factor(plan, link, budget_s)
+    """Modelled residual loss of ``plan`` on ``link`` within ``budget_s``.
+
+    NACK and FEC work together, as the client does it: a hole is NACKed when seen (FEC or
+    not), retransmissions feed the decoder, and a block decodes once at most m of its
+    packets are still missing. So a media packet stays lost iff its NACK rounds all failed
+    and more than m packets of its block are missing (media whose rounds failed, parity
+    lost). Media whose block completes after their deadline get no help from the code."""
+    keep = _nack_keep(plan, link, budget_s)
+    if plan.fec == "off":
+        return link.loss * keep
+    r = _fec_table(plan, link, keep)
+    # packet i of a block waits (k-1-i+m)/pps for the parity; late ones rely on NACK alone
+    slack = budget_s - link.detect_s()
+    late = sum(1 for i in range(plan.k) if (plan.k - 1 - i + plan.m) / link.pps > slack)
+    return r + late / plan.k * (link.loss * keep - r)
 
 
 def two_leg_residual(up: Link, up_plan: Plan, down: Link, down_plan: Plan,
@@ -308,7 +325,7 @@ def two_leg_residual(up: Link, up_plan: Plan, down: Link, down_plan: Plan,
 
 # Hysteresis: keep the current plan unless its modelled residual moved clearly above the
 # target, its overhead went clearly over the cap, or another plan saves meaningful overhead.
-RESIDUAL_SLACK = 1.5  # the current plan may model up to 1.5 × target before we upgrade
+RESIDUAL_SLACK = 2.0  # the current plan may model up to 2 × target before we upgrade
 RESIDUAL_GAIN = 0.7  # an upgrade must cut the modelled residual by ≥ 30 %
 OVERHEAD_SLACK = 1.2  # the current plan may exceed the overhead cap by 20 % before we cut
 OVERHEAD_SAVING_ABS = 0.02  # a cheaper plan must save ≥ 2 points of overhead ...
@@ -362,7 +379,7 @@ def choose_plan(link: Link | LinkEstimate, budget_s: float = 0.2, target: float 
     if current.nack != nack or current.fec not in ("off", scheme) \
             or (k is not None and current.fec != "off" and current.k != k):
         return best  # the viewer's options or the source's block length changed
-    cap = max_overhead_factor * erasure_bound(link.loss)
+    cap = _overhead_cap(link, max_overhead_factor)
     r_cur, o_cur = residual(current, link, budget_s), overhead(current, link)
     r_best, o_best = residual(best, link, budget_s), overhead(best, link)
     if current.fec != "off" and (o_cur > cap * OVERHEAD_SLACK or link.loss < CLEAN_LOSS):
@@ -373,6 +390,12 @@ def choose_plan(link: Link | LinkEstimate, budget_s: float = 0.2, target: float 
                                                  OVERHEAD_SAVING_REL * o_cur):
         return best  # same protection for clearly less bandwidth
     return current
+
+
+def _overhead_cap(link: Link, factor: float) -> float:
+    """FEC overhead allowed: ``factor`` × the erasure bound of the loss less one standard
+    error, so that estimator noise does not lift FEC over the cap of the true loss."""
+    return factor * erasure_bound(max(0.0, link.loss - link.loss_sd))
 
 
 def _quantized(link: Link) -> Link:
@@ -393,7 +416,7 @@ def _best_plan(link: Link, budget_s: float, target: float, max_overhead_factor: 
     r_base = residual(base, link, budget_s)
     if r_base <= target:
         return base
-    cap = max_overhead_factor * erasure_bound(link.loss)
+    cap = _overhead_cap(link, max_overhead_factor)
     cands = _candidates(link, scheme, nack, max_block_s, cap, fixed_k)
     scored = [(residual(p, link, budget_s), overhead(p, link), p.k, p) for p in cands]
     meeting = [s for s in scored if s[0] <= target]
@@ -428,6 +451,8 @@ class LinkEstimate:
         self.pps = pps
         self.packet_bytes = packet_bytes
         self.back_loss = back_loss
+        self.loss_sd = 0.0  # standard error of the loss estimate
+        self._var = 0.0
         self.reports = 0  # RR samples taken
         self.rtt_samples = 0
         self._runs_seen = 0  # NACK runs/seqs seen before the burst estimate starts
@@ -451,7 +476,13 @@ class LinkEstimate:
             self.loss = f
         else:
             dt = min(max(now - self._last_report, 0.0), 5.0 * self.tau_s)
-            self.loss += (1.0 - math.exp(-dt / self.tau_s) if dt > 0 else 0.2) * (f - self.loss)
+            a = 1.0 - math.exp(-dt / self.tau_s) if dt > 0 else 0.2
+            d = f - self.loss
+            self.loss += a * d
+            # exponentially weighted variance of the samples; the EWMA's own standard error
+            # is sqrt(var · a / (2 - a)) for a steady sample rate
+            self._var = (1.0 - a) * (self._var + a * d * d)
+            self.loss_sd = math.sqrt(self._var * a / (2.0 - a))
         self._last_report = now
         self.reports += 1
 
@@ -507,7 +538,7 @@ class LinkEstimate:
                 self.mean_burst += (1.0 - math.exp(-dr / 20.0)) * (ds / dr - self.mean_burst)
 
     def link(self) -> Link:
-        return Link(loss=min(self.loss, 0.95), rtt_s=self.rtt_s,
+        return Link(loss=min(self.loss, 0.95), loss_sd=min(self.loss_sd, 0.5), rtt_s=self.rtt_s,
                     mean_burst=None if self.mean_burst is None else max(1.0, self.mean_burst),
                     back_loss=self.back_loss, pps=max(self.pps, 1.0),
                     packet_bytes=max(self.packet_bytes, 1.0))
@@ -555,8 +586,9 @@ class BlockSizer:
 
 
 class RecoveryPolicy:
-    """Per-downtrack plan over time: the first informed decision is immediate, later changes
-    at most every ``min_interval_s`` and only when ``choose_plan``'s hysteresis agrees.
+    """Per-downtrack plan over time: the first change is made as soon as a report calls for
+    it, later ones at most every ``min_interval_s`` and only when ``choose_plan``'s
+    hysteresis agrees.
     ``fec`` is the viewer's request: "auto" (SFU-RS when needed), "off", or a fixed scheme
     whose rate the policy still picks."""
 
@@ -573,7 +605,7 @@ class RecoveryPolicy:
         self.min_interval_s = min_interval_s
         self.max_block_s = max_block_s
         self.plan = Plan(nack, "off")
-        self.changed_at: float | None = None  # None until the first informed decision
+        self.changed_at: float | None = None  # None until the first change
         self.changes = 0
 
     def update(self, link: Link | LinkEstimate, now: float,
@@ -588,11 +620,8 @@ class RecoveryPolicy:
         new = choose_plan(link, self.budget_s, self.target, self.max_overhead_factor,
                           None if self.changed_at is None else self.plan, nack=self.nack,
                           scheme=self.scheme, max_block_s=self.max_block_s, k=k)
-        first = self.changed_at is None
-        if first:
-            self.changed_at = now
         if new == self.plan:
-            return None
+            return None  # no hold starts: until the first change every report may decide
         self.plan = new
         self.changed_at = now
         self.changes += 1

@@ -320,3 +320,10 @@ def test_publisher_inband_ulpfec_repairs_a_hole_and_is_relayed_re_encoded():
         assert counters(e)["drop_payload_type"] == 1
     finally:
         lk.close()
+
+
+def test_block_length_change_shows_in_every_fec_viewers_stats(link: Link):
+    link.e.set_source_recovery(link.sid, fec_k=4)
+    link.e.set_downtrack_recovery(link.did, fec_ssrc=OUT_FEC, fec_payload_type=125, fec_m=1)
+    link.e.set_source_recovery(link.sid, fec_k=8)
+    assert link.stats()["fec_k"] == 8
