@@ -86,7 +86,7 @@ def test_rs_kernel(benchmark, k: int, m: int, simd: bool):
         for p in media)
     images = [prefixes[8 * i:8 * i + 8] + p[12:] for i, p in enumerate(media)]
     bodies = [p[12:] for p in media]
-    mask = (1 << k) - 1
+    mask = ((1 << k) - 1) << (64 - k)  # wire convention: bit 63 - i = packet i
     held = [None] * m + images[m:]
 
     def round_trip() -> dict[int, bytes] | None:
