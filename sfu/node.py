@@ -301,7 +301,7 @@ class Node:
     async def _track_publish(self, params: Params) -> dict[str, Any]:
         _check_keys(params, ("room", "participant", "kind", "codec", "payload_type",
                              "clock_rate", "layers", "rtx_payload_type", "fec_payload_type",
-                             "ulpfec_payload_type"))
+                             "ulpfec_payload_type", "nack"))
         room, participant = _id(params, "room"), _id(params, "participant")
         kind = _enum(params, "kind", tuple(KINDS))
         codec = _enum(params, "codec", CODECS)
@@ -318,8 +318,12 @@ class Node:
         rtx_pt = _payload_type(params, "rtx_payload_type")
         fec_pt = _payload_type(params, "fec_payload_type")
         ulp_pt = _payload_type(params, "ulpfec_payload_type")
+        nack = params.get("nack", True)
+        if not isinstance(nack, bool):
+            raise BadRequest("field 'nack' must be true or false (NACK the publisher for "
+                             "lost packets)")
         track = self.rooms.publish(room, participant, kind, codec, payload_type, clock_rate,
-                                   layers, rtx_pt, fec_pt, ulp_pt)
+                                   layers, rtx_pt, fec_pt, ulp_pt, nack=nack)
         return {"track": track.track_id}
 
     async def _track_unpublish(self, params: Params) -> None:

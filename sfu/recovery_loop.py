@@ -16,7 +16,7 @@ from typing import Any
 
 from sfu import _native
 from sfu.recovery import BlockSizer, LinkEstimate, Plan, RecoveryPolicy
-from sfu.rooms import RoomManager, Subscription
+from sfu.rooms import RoomManager, Subscription, Track
 
 _D = {name: i for i, name in enumerate(_native.DOWNTRACK_FIELDS)}
 _S = {name: i for i, name in enumerate(_native.SOURCE_FIELDS)}
@@ -74,7 +74,7 @@ class RecoveryController:
         packets = int(self.engine.source_stats[track.sid][_S["packets"]])
         new_k = sizer.update(now, packets)
         if new_k is not None:
-            self.engine.set_source_recovery(track.sid, fec_k=new_k)
+            self.engine.set_source_recovery(track.sid, nack=track.nack, fec_k=new_k)
             # Rows already granted stay valid for the new block length (any m works with any k).
         if sub.recovery.fec in ("off", "ulpfec"):
             return      # fixed at subscribe time
@@ -84,15 +84,15 @@ class RecoveryController:
                 nack=sub.recovery.nack, fec="rs", budget_s=self.budget_s)
         plan = policy.update(est, now, k=sizer.k or None)
         if plan is not None:
-            self._apply(sub, track.sid, sizer, plan, est)
+            self._apply(sub, track, sizer, plan, est)
 
-    def _apply(self, sub: Subscription, sid: int, sizer: BlockSizer, plan: Plan,
+    def _apply(self, sub: Subscription, track: Track, sizer: BlockSizer, plan: Plan,
                est: LinkEstimate) -> None:
         m = plan.m if plan.fec == "rs" else 0
         if m and not sizer.k:
             # Rate not known yet: the plan's own block length stands for the source's.
             sizer.k = plan.k
-            self.engine.set_source_recovery(sid, fec_k=plan.k)
+            self.engine.set_source_recovery(track.sid, nack=track.nack, fec_k=plan.k)
         self.engine.set_downtrack_recovery(
             sub.did, nack=plan.nack, rtx_ssrc=(sub.rtx_ssrc or 0) if sub.recovery.rtx else 0,
             rtx_payload_type=sub.rtx_payload_type, fec_ssrc=sub.fec_ssrc or 0,

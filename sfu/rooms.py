@@ -90,6 +90,7 @@ class Track:
     rtx_payload_type: int = 97
     fec_payload_type: int = DEFAULT_FEC_PT
     ulpfec_payload_type: int = DEFAULT_ULPFEC_PT
+    nack: bool = True  # the node NACKs this publisher for its lost packets
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -270,7 +271,7 @@ class RoomManager:
                 payload_type: int, clock_rate: int, layers: list[Layer],
                 rtx_payload_type: int | None = None,
                 fec_payload_type: int | None = None,
-                ulpfec_payload_type: int | None = None) -> Track:
+                ulpfec_payload_type: int | None = None, *, nack: bool = True) -> Track:
         room = self.room(room_id)
         p = self.participant(room_id, participant_id)
         if p.role not in PUBLISHING_ROLES:
@@ -298,10 +299,11 @@ class RoomManager:
         except ValueError as exc:
             self.engine.remove_source(sid)
             raise Conflict(f"cannot publish: {exc}") from exc
+        self.engine.set_source_recovery(sid, nack=nack)
         self._ssrcs.update(wanted)
         track_id = "TR_" + secrets.token_hex(6)
         track = Track(track_id, participant_id, kind, codec, payload_type, clock_rate,
-                      layers, sid, rtx_pt, fec_pt, ulp_pt)
+                      layers, sid, rtx_pt, fec_pt, ulp_pt, nack)
         p.tracks[track_id] = track
         room.tracks[track_id] = track
         self._emit(room_id, "track.published", {

@@ -132,3 +132,29 @@ async def test_lossy_viewer_gets_fec_and_a_clean_viewer_gets_none() -> None:
         assert HOST_SSRC  # the host's own SSRC is never given to a viewer
         for c in (host, lossy, clean):
             c.close()
+
+
+@run_async
+async def test_publisher_holes_are_nacked_unless_the_track_says_not_to() -> None:
+    async with running_node() as running:
+        host, _, _, _ = await host_and_viewers(running, 0)
+        to = running.udp_address
+        await join_bound(running, "r1", "h2", "cohost")
+        quiet = await join_bound(running, "r1", "h2b", "cohost")
+        await call(running, "track.publish", room="r1", participant="h2b", kind="video",
+                   codec="VP8", payload_type=96, clock_rate=90000, nack=False,
+                   layers=[{"ssrc": 4242}])
+        for seq in (1, 2, 5, 6):  # 3 and 4 lost on the way
+            host.send(rtp_packet(seq, seq * 300), to)
+            quiet.send(rtp_packet(seq, seq * 300, ssrc=4242), to)
+        assert await wait_until(lambda: any(r["type"] == "nack" for r in host.rtcp()), 2)
+        nack = next(r for r in host.rtcp() if r["type"] == "nack")
+        assert nack["media_ssrc"] == HOST_SSRC and nack["lost"] == [3, 4]
+        await asyncio.sleep(0.3)
+        assert not any(r["type"] == "nack" for r in quiet.rtcp())
+        with pytest.raises(BadRequest, match="nack"):
+            await call(running, "track.publish", room="r1", participant="h2", kind="video",
+                       codec="VP8", payload_type=96, clock_rate=90000, nack="no",
+                       layers=[{"ssrc": 4343}])
+        host.close()
+        quiet.close()
