@@ -420,7 +420,9 @@ cdef void eng_rtx_in(Engine e, int32_t pid, Ingress *r, const uint8_t *d, Py_ssi
     if m.h_cap and m.h_hi:
         ext = hist_ext_of(m, osn)
         pos = <int32_t>(ext & (m.h_cap - 1))
-        if m.h_ext[pos] == ext and m.h_state[pos] == H_MISSING and m.h_nack[pos] > 0:
+        # Karn's rule: after a retry we cannot tell which NACK this RTX answers.
+        if (m.h_ext[pos] == ext and m.h_state[pos] == H_MISSING and m.h_nack[pos] > 0
+                and m.h_tries[pos] == 1):
             eng_rtt_sample(e, e.sources[r.sid].pid, now - m.h_nack[pos])
     slot = eng_take_slot(e)
     if slot < 0:

@@ -199,7 +199,9 @@ def test_lost_packet_drops_frame_and_pli_restores_decoding() -> None:
                                        bitrate=300_000, keyframe_interval=10_000)
             assert pub.track is not None
             LossySubscriber.drop = frozenset({40})
-            sub = await LossySubscriber.join(client, ROOM, "lossy", pub.track)
+            # Recovery off: this test is about what a loss does without it (PLI, keyframe).
+            sub = await LossySubscriber.join(client, ROOM, "lossy", pub.track, nack=False,
+                                             fec="off")
             assert isinstance(sub, LossySubscriber)
             try:
                 await pub.run(frames=60)

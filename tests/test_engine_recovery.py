@@ -327,3 +327,18 @@ def test_block_length_change_shows_in_every_fec_viewers_stats(link: Link):
     link.e.set_downtrack_recovery(link.did, fec_ssrc=OUT_FEC, fec_payload_type=125, fec_m=1)
     link.e.set_source_recovery(link.sid, fec_k=8)
     assert link.stats()["fec_k"] == 8
+
+
+def test_rtx_after_a_retry_is_no_rtt_sample(link: Link):
+    # Karn's rule: the answer to a retried NACK may be the answer to the first one.
+    link.publish([30, 32], 1.0)
+    link.e.on_tick(1.01)   # NACK 31
+    link.e.on_tick(1.14)   # retry (no RTT yet: 0.1 s default x 1.2 + 5 ms)
+    assert [p["lost"] for p in rtcp_of(link.pub) if p["type"] == "nack"] == [[31], [31]]
+    body = n.parse_rtp(n.build_rtp(PT, 31, 3000 * 31, PUB_SSRC, bytes([31]) * 200))
+    rtx = n.build_rtp(RTX_PT, 9, body["timestamp"], RTX_SSRC, (31).to_bytes(2) + body["payload"])
+    link.pub.sendto(rtx, link.addr)
+    pump(link.e, link.tid, 1.15, 1)
+    assert link.source()["recovered_rtx"] == 1
+    link.e.on_tick(2.5)
+    assert link.source()["rtt_us"] == 0  # 10 ms would have been a wrong sample

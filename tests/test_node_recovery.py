@@ -13,9 +13,9 @@ from node_helpers import (
     call,
     host_and_viewers,
     join_bound,
+    rtp_packet,
     run_async,
     running_node,
-    rtp_packet,
     wait_until,
 )
 

@@ -163,7 +163,8 @@ async def drive(tshark: str, path: str) -> tuple[int, dict[str, Any]]:
             binding("host")
             await wait_for(lambda: any(kind(d) == "stun" for d in peers["host"].rx),
                            "the refresh STUN response")
-            # The node's own reports: SR+SDES to each viewer, SR+SDES (with report blocks) to the host.
+            # The node's own reports: SR+SDES to each viewer, SR+SDES (with report blocks)
+            # to the host.
             await asyncio.sleep(max(0.0, REPORT_WAIT - (time.monotonic() - started)))
             await wait_for(lambda: all(any(kind(d) == "rtcp" for d in v.rx) for v in viewers),
                            "the node's SR to the viewers")
@@ -277,7 +278,8 @@ def check_frames(port: int, facts: dict[str, Any], frames: list[dict[str, Any]])
     assert 2 * N_RTP == counters["forwarded"]
 
     # RTCP from the node: PLI to the host for its SSRC; compound SR+SDES(CNAME) from the
-    # node SSRC (no media: packet count 0) to the host, reporting on its SSRC; compound SR+SDES(CNAME) to each viewer from its SSRC.
+    # node SSRC (no media: packet count 0) to the host, reporting on its SSRC; compound
+    # SR+SDES(CNAME) to each viewer from its SSRC.
     rtcp = [(who, f) for who, f in outbound if top_protocol(f) == "rtcp"]
     assert len(rtcp) == counters["rtcp_sent"]
     plis = [(who, f) for who, f in rtcp if ints(f, "rtcp.pt") == [PSFB]]

@@ -1,4 +1,5 @@
-"""Client library: VP8 over RTP (RFC 7741), PyAV encode/decode, publisher and subscriber.
+"""Client library: VP8 over RTP (RFC 7741), PyAV encode/decode, publisher and subscriber
+with loss recovery (NACK/RTX, SFU-RS and ULPFEC, jitter buffer), packet probes for benches.
 
 Used by the tests, the benchmarks, ``sfu demo`` and embedding applications. Names are
 imported lazily so ``import sfu.client.vp8`` does not pay for PyAV.
@@ -19,6 +20,11 @@ _EXPORTS = {
     "Publisher": "sfu.client.publisher",
     "Subscriber": "sfu.client.subscriber",
     "run_demo": "sfu.client.demo",
+    "NackGenerator": "sfu.client.loss",
+    "RecoveringReceiver": "sfu.client.loss",
+    "SendHistory": "sfu.client.loss",
+    "ProbePublisher": "sfu.client.probe",
+    "ProbeSubscriber": "sfu.client.probe",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -15,19 +15,24 @@ import logging
 import os
 import socket
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from sfu import _native, stun
+from sfu.client.loss import RS_FEC_PT, RTX_PT, SendHistory, SeqCounter, rs_encoder
 from sfu.client.media import EncodedFrame, Vp8Encoder
 from sfu.client.vp8 import Vp8Packetizer
 
-__all__ = ["Publisher", "PublisherStats", "RtpEndpoint", "SentFrame", "ntp_now", "random_ssrc"]
+__all__ = ["PollTimer", "Publisher", "PublisherStats", "RecoveringSender", "RtpEndpoint",
+           "SentFrame", "SenderStats", "ntp_now", "random_ssrc"]
 
 log = logging.getLogger(__name__)
 
 NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
 VIDEO_CLOCK = 90_000
+FecOption = tuple[int, int] | str | None  # (k, m), "auto" or None
 
 
 def ntp_now(wall: float | None = None) -> int:
@@ -67,6 +72,99 @@ def parse_hostport(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class PollTimer:
+    """Calls ``callback()`` at the earliest time asked for (``time.monotonic()`` seconds),
+    at the latest ``interval`` after the last call: NACKs leave when they are due, not on
+    the next tick of a fixed timer."""
+
+    def __init__(self, callback: Callable[[], float | None], interval: float = 0.005) -> None:
+        self._callback = callback
+        self.interval = interval
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = 0.0
+        self._closed = False
+
+    def at(self, t: float | None) -> None:
+        """Make sure the callback runs no later than ``t`` (None: the regular interval)."""
+        if self._closed:
+            return
+        now = time.monotonic()
+        t = now + self.interval if t is None else min(t, now + self.interval)
+        if self._handle is not None:
+            if self._at <= t:
+                return
+            self._handle.cancel()
+        self._at = t
+        self._handle = asyncio.get_running_loop().call_later(max(0.0, t - now), self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        try:
+            nxt = self._callback()
+        finally:
+            self.at(nxt)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+class _ConnectedUdp:
+    """A non-blocking UDP socket connected to the node, read on the loop's reader callback.
+
+    asyncio's selector transport reads one datagram per loop iteration; with several
+    endpoints decoding video in one loop, the packets of a burst then get arrival times
+    spread over many iterations and miss their playout deadline. Reading up to
+    ``RECV_BATCH`` datagrams per wake-up keeps arrival times close to the kernel's.
+    """
+
+    RECV_BATCH = 64
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                 proto: RtpEndpoint) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._proto = proto
+        self._closing = False
+        self.send_errors = 0
+        loop.add_reader(sock.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        for _ in range(self.RECV_BATCH):
+            try:
+                data = self._sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP port unreachable and the like
+                self._proto.error_received(exc)
+                continue
+            self._proto.datagram_received(data, self._proto.node)
+
+    def sendto(self, data: bytes) -> None:
+        try:
+            self._sock.send(data)
+        except OSError:  # full buffer or ICMP error: the datagram is lost, as UDP may be
+            self.send_errors += 1
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+
+    def get_extra_info(self, name: str) -> Any:
+        if name == "sockname":
+            return self._sock.getsockname()
+        if name == "socket":
+            return self._sock
+        return None
+
+
 class RtpEndpoint(asyncio.DatagramProtocol):
     """A UDP socket connected to the node, bound to a participant with STUN."""
 
@@ -74,35 +172,35 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self.node = node
         self.ufrag = ufrag
         self.pwd = pwd
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: _ConnectedUdp | None = None
         self.mapped: tuple[str, int] | None = None  # our address as the node sees it
         self.garbage = 0  # datagrams we could not classify or parse
         self._stun_waiters: dict[bytes, asyncio.Future[stun.StunMessage]] = {}
 
     async def open(self, local_host: str = "127.0.0.1", rcvbuf: int = 2 << 20) -> None:
         loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(
-            lambda: self, local_addr=(local_host, 0), remote_addr=self.node
-        )
-        # Many endpoints share one loop (tests, demo); while PyAV decodes for one of
-        # them the others' packets queue in the kernel. The default ~200 KiB buffer
-        # overflows after a short stall on a busy machine, so ask for more (the kernel
-        # caps it at net.core.rmem_max).
-        assert self.transport is not None
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None:
+        family = socket.AF_INET6 if ":" in self.node[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            # Many endpoints share one loop (tests, demo); while PyAV decodes for one of
+            # them the others' packets queue in the kernel. The default ~200 KiB buffer
+            # overflows after a short stall on a busy machine, so ask for more (the kernel
+            # caps it at net.core.rmem_max).
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.bind((local_host if family == socket.AF_INET else "::1", 0))
+            sock.connect(self.node)
+        except BaseException:
+            sock.close()
+            raise
+        self.transport = _ConnectedUdp(loop, sock, self)
 
     @property
     def local_address(self) -> tuple[str, int]:
         assert self.transport is not None
         host, port = self.transport.get_extra_info("sockname")[:2]
         return host, port
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # The selector transport does not subclass DatagramTransport on every Python/loop.
-        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and the like: the node may not be up yet; STUN retries.
@@ -120,31 +218,42 @@ class RtpEndpoint(asyncio.DatagramProtocol):
                 fut.cancel()
 
     async def bind(self, timeout: float = 5.0, retry: float = 0.1) -> tuple[str, int]:
-        """Send Binding Requests until the node answers with a valid success response."""
+        """Send Binding Requests until the node answers with a valid success response.
+
+        Requests are retransmitted with backoff (``retry`` doubling up to 0.8 s) and an
+        answer to any of them counts, so a link whose RTT exceeds ``retry`` still binds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
-            tid = os.urandom(12)
-            fut: asyncio.Future[stun.StunMessage] = loop.create_future()
-            self._stun_waiters[tid] = fut
-            self.send(stun.binding_request(self.ufrag, self.pwd, tid))
-            try:
-                msg = await asyncio.wait_for(fut, min(retry, max(0.0, deadline - loop.time())))
-            except TimeoutError:
-                msg = None
-            finally:
+        fut: asyncio.Future[stun.StunMessage] = loop.create_future()
+        tids: list[bytes] = []
+        try:
+            while True:
+                tid = os.urandom(12)
+                tids.append(tid)
+                self._stun_waiters[tid] = fut
+                self.send(stun.binding_request(self.ufrag, self.pwd, tid))
+                wait = min(retry, max(0.0, deadline - loop.time()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(fut), wait)
+                if fut.done():
+                    break
+                if loop.time() >= deadline:
+                    raise TimeoutError(
+                        f"no STUN binding response from {self.node} in {timeout}s")
+                retry = min(2 * retry, 0.8)
+        finally:
+            for tid in tids:
                 self._stun_waiters.pop(tid, None)
-            if msg is not None:
-                if msg.msg_type != stun.BINDING_SUCCESS:
-                    err = msg.error_code()
-                    raise ConnectionRefusedError(f"STUN binding rejected: {err}")
-                mapped = msg.xor_mapped_address()
-                if mapped is None:
-                    raise ConnectionError("STUN success without XOR-MAPPED-ADDRESS")
-                self.mapped = mapped
-                return mapped
-            if loop.time() >= deadline:
-                raise TimeoutError(f"no STUN binding response from {self.node} in {timeout}s")
+            if not fut.done():
+                fut.cancel()
+        msg = fut.result()
+        if msg.msg_type != stun.BINDING_SUCCESS:
+            raise ConnectionRefusedError(f"STUN binding rejected: {msg.error_code()}")
+        mapped = msg.xor_mapped_address()
+        if mapped is None:
+            raise ConnectionError("STUN success without XOR-MAPPED-ADDRESS")
+        self.mapped = mapped
+        return mapped
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         if not data:
@@ -206,9 +315,7 @@ class SentFrame:
 
 
 @dataclass(slots=True)
-class PublisherStats:
-    frames: int = 0
-    keyframes: int = 0
+class SenderStats:
     packets: int = 0
     bytes: int = 0  # RTP payload octets (what SR counts)
     sr_sent: int = 0
@@ -216,11 +323,201 @@ class PublisherStats:
     fir_received: int = 0
     rr_received: int = 0
     rtcp_errors: int = 0
+    nacks_received: int = 0  # NACK packets for our SSRC
+    nack_seqs: int = 0  # seqs they asked for
+    rtx_sent: int = 0  # RTX packets (or plain resends without RTX)
+    rtx_bytes: int = 0  # whole datagrams
+    fec_sent: int = 0  # SFU-RS parity packets
+    fec_bytes: int = 0
+    rtt_ms: float = 0.0  # from the LSR/DLSR of the node's report about us
     last_rr: dict[str, int] = field(default_factory=dict)
 
 
-class Publisher(RtpEndpoint):
-    """Publishes one VP8 track of synthetic video; a PLI/FIR forces the next key frame."""
+@dataclass(slots=True)
+class PublisherStats(SenderStats):
+    frames: int = 0
+    keyframes: int = 0
+
+
+class RecoveringSender(RtpEndpoint):
+    """Sends one RTP stream and recovers its losses on the uplink: keeps a send history and
+    answers the node's NACKs with RTX (RFC 4588) on ``rtx_ssrc`` (plain resends without
+    one), optionally adds SFU-RS parity (``fec=(k, m)``) on ``fec_ssrc``, sends SRs
+    carrying a report block about the node's SR (so the node measures the uplink RTT) and
+    measures the RTT itself from the node's report about us."""
+
+    def __init__(self, node: tuple[str, int], ufrag: str, pwd: str, *, ssrc: int | None,
+                 payload_type: int, clock_rate: int, kind: str = "video", rtx: bool = True,
+                 fec: FecOption = None, history_packets: int = 1024,
+                 history_s: float = 2.0) -> None:
+        super().__init__(node, ufrag, pwd)
+        self.ssrc = ssrc or random_ssrc()
+        self.payload_type = payload_type
+        self.clock_rate = clock_rate
+        self.rtx_ssrc: int | None = random_ssrc() if rtx else None
+        self.rtx_pt = RTX_PT.get(kind, 97)
+        self.rtx_seq = SeqCounter()
+        self.history = SendHistory(history_packets, history_s)
+        self.counters = SenderStats()  # subclasses put a richer dataclass here
+        self.fec_ssrc: int | None = None
+        self.fec_pt = RS_FEC_PT
+        self.fec_encoder: Any | None = None
+        self.fec_auto = fec == "auto"
+        # fec="auto": the uplink's share of a viewer's playout budget, the residual aimed at
+        # and the overhead allowed (× p/(1-p)): every viewer pays for an uplink loss.
+        self.fec_budget_s, self.fec_target, self.fec_max_overhead = 0.12, 0.001, 3.0
+        self.fec_plan: Any | None = None  # sfu.recovery.Plan chosen by fec="auto"
+        self._fec_seq = SeqCounter()
+        self._loss = 0.0  # smoothed fraction lost in the node's reports about us
+        # packets, bytes, first NACK requests, when: the window fec="auto" measures over
+        self._fec_mark = (0, 0, 0, time.monotonic())
+        if fec == "auto":
+            self.fec_ssrc = random_ssrc()
+        elif fec is not None:
+            self.fec_ssrc = random_ssrc()
+            self.fec_encoder = rs_encoder(self.fec_pt, self.fec_ssrc, fec[0], fec[1],
+                                          int.from_bytes(os.urandom(2), "big"))
+        self.participant = ""
+        self._rtt_samples: deque[float] = deque(maxlen=8)
+        self._node_sr: tuple[int, int, float] | None = None  # (node ssrc, lsr, received at)
+        self._last_ts = 0
+        self._last_ts_wall = time.time()
+
+    def layer(self, rid: str = "f") -> dict[str, Any]:
+        """The track.publish layer entry declaring our SSRCs."""
+        layer: dict[str, Any] = {"rid": rid, "ssrc": self.ssrc}
+        if self.rtx_ssrc is not None:
+            layer["rtx_ssrc"] = self.rtx_ssrc
+        if self.fec_ssrc is not None:
+            layer["fec_ssrc"] = self.fec_ssrc
+        return layer
+
+    def send_media(self, packet: bytes, payload_len: int) -> None:
+        """Send one media packet: kept for retransmission, fed to the FEC encoder."""
+        self.send(packet)
+        self.history.add(packet, time.monotonic())
+        st = self.counters
+        st.packets += 1
+        st.bytes += payload_len
+        if self.fec_auto and time.monotonic() - self._fec_mark[3] >= 0.25:
+            self._adapt_fec()
+        if self.fec_encoder is not None:
+            for parity in self.fec_encoder.add(packet):
+                self.send(parity)
+                st.fec_sent += 1
+                st.fec_bytes += len(parity)
+
+    def send_sr(self) -> None:
+        wall = time.time()
+        # Extrapolate the RTP clock to "now" so the SR pairs NTP and RTP time correctly.
+        ts = (self._last_ts + int((wall - self._last_ts_wall) * self.clock_rate)) & 0xFFFF_FFFF
+        reports = []
+        if self._node_sr is not None:
+            node_ssrc, lsr, at = self._node_sr
+            reports.append({"ssrc": node_ssrc, "lsr": lsr,
+                            "dlsr": int((time.monotonic() - at) * 65536) & 0xFFFF_FFFF})
+        sr = _native.build_sr(self.ssrc, ntp_now(wall), ts, self.counters.packets & 0xFFFF_FFFF,
+                              self.counters.bytes & 0xFFFF_FFFF, reports=reports)
+        self.send(sr + _native.build_sdes(self.ssrc, self.participant or "publisher"))
+        self.counters.sr_sent += 1
+
+    def on_rtcp(self, data: bytes) -> None:
+        for pkt in parse_rtcp_counted(data, self.counters):
+            self.on_rtcp_packet(pkt)
+
+    def _resend(self, seqs: list[int]) -> None:
+        """Retransmit ``seqs`` from the history (RTX when declared, else plain)."""
+        st = self.counters
+        for out in self.history.resend(seqs, time.monotonic(), self.rtx_ssrc, self.rtx_pt,
+                                       self.rtx_seq):
+            self.send(out)
+            st.rtx_sent += 1
+            st.rtx_bytes += len(out)
+
+    def on_rtcp_packet(self, pkt: dict[str, object]) -> None:
+        kind = pkt["type"]
+        st = self.counters
+        if kind == "nack" and pkt["media_ssrc"] == self.ssrc:
+            lost = cast(list[int], pkt.get("lost", []))
+            st.nacks_received += 1
+            st.nack_seqs += len(lost)
+            self._resend(lost)
+        elif kind in ("rr", "sr"):
+            if kind == "sr" and pkt["ssrc"] != self.ssrc:
+                self._node_sr = (cast(int, pkt["ssrc"]),
+                                 (cast(int, pkt["ntp"]) >> 16) & 0xFFFF_FFFF, time.monotonic())
+            for block in _dicts(pkt, "reports"):
+                if block["ssrc"] == self.ssrc:
+                    st.rr_received += 1
+                    st.last_rr = dict(block)
+                    self._rtt_from(block)
+                    if self.fec_auto:
+                        self._adapt_fec(block.get("fraction_lost", 0) / 256)
+
+    def _adapt_fec(self, reported: float | None = None) -> None:
+        """fec="auto": the uplink FEC rate (sfu.recovery's model within ``fec_budget_s``,
+        NACK included; none on a clean link) for the uplink loss: the node's report, or
+        between reports the share of recent packets the node NACKed (a faster signal)."""
+        from sfu import recovery  # numpy-backed policy: only publishers that adapt need it
+
+        now = time.monotonic()
+        packets, octets, firsts, at = self._fec_mark
+        st = self.counters
+        sent, elapsed = st.packets - packets, now - at
+        if sent <= 0 or elapsed <= 0 or (reported is None and sent < 40):
+            return
+        asked = self.history.stats.first_requests - firsts
+        self._fec_mark = (st.packets, st.bytes, self.history.stats.first_requests, now)
+        sample = asked / sent if reported is None else max(reported, asked / sent)
+        self._loss += (min(sample, 0.9) - self._loss) / 2
+        link = recovery.Link(min(self._loss, 0.9), rtt_s=(st.rtt_ms or 100.0) / 1000,
+                             pps=sent / elapsed,
+                             packet_bytes=12 + max(1.0, (st.bytes - octets) / sent))
+        plan = recovery.choose_plan(link, self.fec_budget_s, self.fec_target,
+                                    self.fec_max_overhead, current=self.fec_plan,
+                                    k=recovery.block_length(link.pps))
+        if plan == self.fec_plan:
+            return
+        self.fec_plan = plan
+        if plan.fec != "rs":
+            self._flush_fec()
+            self.fec_encoder = None
+        elif self.fec_encoder is None:
+            assert self.fec_ssrc is not None
+            self.fec_encoder = rs_encoder(self.fec_pt, self.fec_ssrc, plan.k, plan.m,
+                                          self._fec_seq.value)
+        else:
+            self.fec_encoder.set_rate(plan.k, plan.m)
+
+    def _flush_fec(self) -> None:
+        if self.fec_encoder is None:
+            return
+        for parity in self.fec_encoder.flush():
+            self.send(parity)
+            self.counters.fec_sent += 1
+            self.counters.fec_bytes += len(parity)
+        self._fec_seq.value = self.fec_encoder.next_seq
+
+    def _rtt_from(self, block: dict[str, int]) -> None:
+        # RFC 3550 §6.4.1: RTT = A - LSR - DLSR in 1/65536 s (middle 32 bits of NTP).
+        lsr, dlsr = block.get("lsr", 0), block.get("dlsr", 0)
+        if not lsr:
+            return
+        now_mid = (ntp_now() >> 16) & 0xFFFF_FFFF
+        rtt = ((now_mid - lsr - dlsr) & 0xFFFF_FFFF) / 65536
+        if rtt < 10.0:
+            # A stalled loop only inflates samples: the recent minimum is the link's RTT.
+            self._rtt_samples.append(rtt)
+            best = min(self._rtt_samples)
+            self.counters.rtt_ms = best * 1000
+            self.history.rtt = best
+
+
+class Publisher(RecoveringSender):
+    """Publishes one VP8 track of synthetic video; a PLI/FIR forces the next key frame.
+    Losses on the uplink are repaired by RTX (declared by default) and optional SFU-RS."""
+
+    counters: PublisherStats
 
     def __init__(
         self,
@@ -233,13 +530,14 @@ class Publisher(RtpEndpoint):
         payload_type: int = 96,
         max_payload: int = 1200,
         record: bool = False,
+        rtx: bool = True,
+        fec: FecOption = None,
     ) -> None:
-        super().__init__(node, ufrag, pwd)
+        super().__init__(node, ufrag, pwd, ssrc=ssrc, payload_type=payload_type,
+                         clock_rate=VIDEO_CLOCK, kind="video", rtx=rtx, fec=fec)
         self.encoder = encoder
-        self.ssrc = ssrc or random_ssrc()
-        self.payload_type = payload_type
         self.packetizer = Vp8Packetizer(max_payload, int.from_bytes(os.urandom(2)) & 0x7FFF)
-        self.stats = PublisherStats()
+        self.counters = PublisherStats()
         self.record = record
         self.sent: list[SentFrame] = []
         self.track: str | None = None
@@ -250,6 +548,11 @@ class Publisher(RtpEndpoint):
         self._last_ts = self._ts_base
         self._last_ts_wall = time.time()
         self.keyframe_requested = asyncio.Event()
+        self.resend_first_s = 0.03  # 0: do not repeat the first frame
+
+    @property
+    def stats(self) -> PublisherStats:
+        return self.counters
 
     @classmethod
     async def join(
@@ -266,21 +569,27 @@ class Publisher(RtpEndpoint):
         keyframe_interval: int = 300,
         record: bool = False,
         bind_timeout: float = 5.0,
+        rtx: bool = True,
+        fec: FecOption = None,
+        via: tuple[str, int] | None = None,
     ) -> Publisher:
         """Join ``room`` through the control client, bind with STUN and publish a track.
 
         ``control`` is an ``sfu.control.Client`` (anything with ``await call(method, **p)``).
+        ``rtx`` declares an RTX SSRC; ``fec=(k, m)`` adds SFU-RS parity on a ``fec_ssrc``,
+        ``fec="auto"`` chooses (k, m) from the loss the node reports (none when clean).
+        ``via`` sends media to that address instead of the node's (a lossy-link proxy).
         """
         joined = await control.call("participant.join", room=room, participant=participant,
                                     role=role)
         encoder = Vp8Encoder(width, height, fps, bitrate, keyframe_interval)
-        pub = cls(parse_hostport(joined["udp"]), joined["ice_ufrag"], joined["ice_pwd"],
-                  encoder, record=record)
+        pub = cls(via or parse_hostport(joined["udp"]), joined["ice_ufrag"], joined["ice_pwd"],
+                  encoder, record=record, rtx=rtx, fec=fec)
         pub.room, pub.participant = room, participant
         res = await pub.open_bind_call(
             control, bind_timeout, "track.publish", room=room, participant=participant,
             kind="video", codec="VP8", payload_type=pub.payload_type, clock_rate=VIDEO_CLOCK,
-            layers=[{"rid": "f", "ssrc": pub.ssrc}],
+            layers=[pub.layer()],
         )
         pub.track = res["track"]
         return pub
@@ -293,12 +602,19 @@ class Publisher(RtpEndpoint):
         ts = self.rtp_timestamp(frame.pts)
         payloads = self.packetizer.packetize(frame.data)
         last = len(payloads) - 1
+        first_seq = self._seq
         for i, payload in enumerate(payloads):
-            self.send(_native.build_rtp(self.payload_type, self._seq, ts, self.ssrc, payload,
-                                        marker=i == last))
+            self.send_media(_native.build_rtp(self.payload_type, self._seq, ts, self.ssrc,
+                                              payload, marker=i == last), len(payload))
             self._seq = (self._seq + 1) & 0xFFFF
-            self.stats.packets += 1
-            self.stats.bytes += len(payload)
+        if not self.stats.frames and self.resend_first_s > 0:
+            # The node NACKs only holes after the first packet it got: if the stream's
+            # first packets are lost on the way, no one asks for them and every viewer
+            # starts with a broken key frame. Send the first frame once more, a bit later.
+            seqs = [(first_seq + i) & 0xFFFF for i in range(len(payloads))]
+            with contextlib.suppress(RuntimeError):  # no loop: a synchronous caller
+                asyncio.get_running_loop().call_later(self.resend_first_s, self._resend,
+                                                      seqs)
         self.stats.frames += 1
         self.stats.keyframes += frame.keyframe
         self._last_ts, self._last_ts_wall = ts, time.time()
@@ -313,15 +629,6 @@ class Publisher(RtpEndpoint):
             self.send_frame(frame)
         return frames
 
-    def send_sr(self) -> None:
-        wall = time.time()
-        # Extrapolate the RTP clock to "now" so the SR pairs NTP and RTP time correctly.
-        ts = (self._last_ts + int((wall - self._last_ts_wall) * VIDEO_CLOCK)) & 0xFFFF_FFFF
-        sr = _native.build_sr(self.ssrc, ntp_now(wall), ts, self.stats.packets & 0xFFFF_FFFF,
-                              self.stats.bytes & 0xFFFF_FFFF)
-        self.send(sr + _native.build_sdes(self.ssrc, self.participant or "publisher"))
-        self.stats.sr_sent += 1
-
     async def run(self, seconds: float | None = None, frames: int | None = None,
                   sr_interval: float = 1.0) -> None:
         """Send frames at the encoder's fps until ``seconds`` or ``frames`` is reached."""
@@ -333,7 +640,10 @@ class Publisher(RtpEndpoint):
         while (frames is None or sent < frames) and (
             seconds is None or loop.time() - start < seconds
         ):
-            self.send_next()
+            # libvpx releases the GIL: encoding in a thread keeps the loop (the node, the
+            # viewers, retransmissions in tests and benches) from stalling for a frame time.
+            for frame in await loop.run_in_executor(None, self.encoder.encode_next):
+                self.send_frame(frame)
             sent += 1
             now = loop.time()
             if now >= next_sr:
@@ -342,20 +652,16 @@ class Publisher(RtpEndpoint):
             # Absolute schedule: a slow frame does not push every later frame back.
             await asyncio.sleep(max(0.0, start + sent * period - loop.time()))
 
-    def on_rtcp(self, data: bytes) -> None:
-        for pkt in parse_rtcp_counted(data, self.stats):
-            kind = pkt["type"]
-            if kind == "pli" and pkt["media_ssrc"] == self.ssrc:
-                self.stats.pli_received += 1
-                self._keyframe_wanted()
-            elif kind == "fir" and any(e["ssrc"] == self.ssrc for e in _dicts(pkt, "entries")):
-                self.stats.fir_received += 1
-                self._keyframe_wanted()
-            elif kind in ("rr", "sr"):
-                for block in _dicts(pkt, "reports"):
-                    if block["ssrc"] == self.ssrc:
-                        self.stats.rr_received += 1
-                        self.stats.last_rr = dict(block)
+    def on_rtcp_packet(self, pkt: dict[str, object]) -> None:
+        kind = pkt["type"]
+        if kind == "pli" and pkt["media_ssrc"] == self.ssrc:
+            self.stats.pli_received += 1
+            self._keyframe_wanted()
+        elif kind == "fir" and any(e["ssrc"] == self.ssrc for e in _dicts(pkt, "entries")):
+            self.stats.fir_received += 1
+            self._keyframe_wanted()
+        else:
+            super().on_rtcp_packet(pkt)
 
     def _keyframe_wanted(self) -> None:
         self.encoder.force_keyframe()
