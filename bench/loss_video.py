@@ -83,11 +83,14 @@ async def node_process() -> AsyncIterator[tuple[tuple[str, int], Client]]:
 
 async def one_run(recover: bool, args: argparse.Namespace) -> dict[str, Any]:
     half = args.rtt_ms / 2
-    lossy = LinkProfile.iid(args.loss, delay_ms=half)
+    up_loss = args.loss if args.uplink_loss is None else args.uplink_loss
+    down_loss = args.loss if args.downlink_loss is None else args.downlink_loss
+    up_leg = LinkProfile.iid(up_loss, delay_ms=half)
+    down_leg = LinkProfile.iid(down_loss, delay_ms=half)
     async with node_process() as (addr, control):
         await control.call("room.create", room=ROOM)
-        up = await LossyLink.start(addr, up=lossy, down=lossy, seed=args.seed)
-        down = await LossyLink.start(addr, up=lossy, down=lossy, seed=args.seed + 1)
+        up = await LossyLink.start(addr, up=up_leg, down=up_leg, seed=args.seed)
+        down = await LossyLink.start(addr, up=down_leg, down=down_leg, seed=args.seed + 1)
         pub = sub = None
         try:
             pub = await Publisher.join(control, ROOM, "host", width=args.width,
@@ -141,7 +144,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"seconds": args.seconds, "loss_each_way_each_leg": args.loss,
                            "rtt_ms_per_leg": args.rtt_ms, "bitrate": args.bitrate,
                            "size": f"{args.width}x{args.height}@{args.fps}"}
-    for recover in (True, False):
+    for recover in (True, False) if not args.no_bare else (True,):
         log(f"run: {'with' if recover else 'without'} recovery, {args.seconds:.0f} s, "
             f"{args.loss:.0%} loss each way on both legs")
         out["recovered" if recover else "bare"] = await one_run(recover, args)
@@ -173,6 +176,9 @@ if __name__ == "__main__":
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--quick", action="store_true", help="10 s runs")
     ap.add_argument("--loss", type=float, default=0.2, help="i.i.d. loss, each way, each leg")
+    ap.add_argument("--uplink-loss", type=float, help="override --loss on the host's leg")
+    ap.add_argument("--downlink-loss", type=float, help="override --loss on the viewer's leg")
+    ap.add_argument("--no-bare", action="store_true", help="skip the run without recovery")
     ap.add_argument("--rtt-ms", type=float, default=50.0, help="RTT of each leg")
     ap.add_argument("--bitrate", type=int, default=1_000_000)
     ap.add_argument("--width", type=int, default=640)
@@ -185,5 +191,6 @@ if __name__ == "__main__":
     if not 0 <= ns.loss < 1:
         ap.error("--loss must be in [0, 1)")
     result = asyncio.run(main(ns))
-    print_table(result)
+    if "bare" in result:
+        print_table(result)
     print(json.dumps(result))

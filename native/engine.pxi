@@ -398,6 +398,7 @@ cdef class Engine:
                                   ANY_PT if fec_payload_type < 0 else fec_payload_type,
                                   ROLE_FEC, layer)
             self.ingress[rid].media = iid
+            self.ingress[iid].fec_iid = rid
             eng_hist_alloc(self, &self.ingress[rid], 256, self.history_video)
 
     def set_source_recovery(self, int sid, bint nack=True, int fec_k=0):

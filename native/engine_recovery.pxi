@@ -23,6 +23,7 @@ cdef enum:
     RS_MAX_M = 16
     NACK_MAX_SEQS = 256      # seqs per NACK packet the node sends
     ULP_MAX_K = 16           # media packets per in-band ULPFEC packet
+    FB_RING = 16             # recent uplink SFU-RS blocks remembered per media SSRC
 
 
 cdef int eng_hist_alloc(Engine e, Ingress *g, int32_t cap, double age) except -1:
@@ -353,6 +354,8 @@ cdef double eng_nack_sweep(Engine e, double now) noexcept nogil:
                     nxt = g.h_due[pos]
             x += 1
         if nseq:
+            # Twice: a lost NACK costs a whole retry interval, a copy costs ~20 bytes.
+            eng_send_nack(e, s.pid, g.ssrc, seqs, nseq)
             eng_send_nack(e, s.pid, g.ssrc, seqs, nseq)
             e.ss[g.sid * N_SRC_FIELDS + S_NACK_SENT] += nseq
         if give_up and s.kind == KIND_VIDEO_:
@@ -474,26 +477,73 @@ cdef void eng_fec_in(Engine e, int32_t pid, int32_t fiid, int32_t slot, const ui
     """SFU-RS parity from a publisher: keep it, and rebuild what its block can."""
     cdef Ingress *f = &e.ingress[fiid]
     cdef Ingress *m = &e.ingress[f.media]
-    cdef int k, mm, idx, L, k2, m2, idx2, L2, i, j, miss = 0, nrows = 0, got
-    cdef uint16_t base, base2
-    cdef uint32_t base_ts, mssrc, ts2, ms2
-    cdef uint64_t mask, mask2
-    cdef int64_t ext, fext
-    cdef int32_t pos, fpos
-    cdef Py_ssize_t hs = v.header_size, plen
-    cdef const uint8_t *q
-    cdef const uint8_t *imgs[RS_MAX_K]
-    cdef uint8_t *outs[RS_MAX_K]
-    cdef const uint8_t *par[RS_MAX_M]
-    cdef int rows[RS_MAX_M]
-    cdef uint8_t *img
-    if rs_header_read(d, n, hs, &k, &mm, &idx, &base, &L, &base_ts, &mssrc, &mask) < 0 or mssrc != m.ssrc:
+    cdef int k, mm, idx, L
+    cdef uint16_t base
+    cdef uint32_t base_ts, mssrc
+    cdef uint64_t mask
+    cdef int64_t fext
+    cdef int slot_i
+    if rs_header_read(d, n, v.header_size, &k, &mm, &idx, &base, &L, &base_ts, &mssrc,
+                      &mask) < 0 or mssrc != m.ssrc:
         e.c[C_DROP_MALFORMED] += 1
         return
     e.c[C_RX_RTP] += 1
     e.c[C_FEC_IN] += 1
     e.ss[f.sid * N_SRC_FIELDS + S_FEC_IN] += 1
     if eng_hist_put(e, fiid, slot, n, v.seq, now, &fext) == PUT_DUP or m.h_hi == 0:
+        return
+    # Remember the block, so a retransmission that arrives later can complete it.
+    slot_i = m.fb_pos
+    if m.fb_fec[(slot_i + FB_RING - 1) % FB_RING] != fext - idx:
+        m.fb_media[slot_i] = hist_ext_of(m, base)
+        m.fb_fec[slot_i] = fext - idx
+        m.fb_k[slot_i] = <uint8_t>k
+        m.fb_pos = (slot_i + 1) % FB_RING
+    eng_fec_try(e, fiid, fext - idx, now)
+
+
+cdef void eng_fec_retry(Engine e, int32_t miid, int64_t ext, double now) noexcept nogil:
+    """A hole filled by RTX: blocks that could not decode before may now."""
+    cdef Ingress *m = &e.ingress[miid]
+    cdef int i
+    if m.fec_iid < 0:
+        return
+    for i in range(FB_RING):
+        if m.fb_k[i] and m.fb_media[i] <= ext < m.fb_media[i] + m.fb_k[i]:
+            eng_fec_try(e, m.fec_iid, m.fb_fec[i], now)
+
+
+cdef void eng_fec_try(Engine e, int32_t fiid, int64_t fext0, double now) noexcept nogil:
+    """Rebuild the missing packets of the SFU-RS block whose row 0 has FEC ext fext0."""
+    cdef Ingress *f = &e.ingress[fiid]
+    cdef Ingress *m = &e.ingress[f.media]
+    cdef int k = 0, mm = 0, idx, L = 0, k2, m2, idx2, L2, i, j, miss = 0, nrows = 0, got
+    cdef uint16_t base = 0, base2
+    cdef uint32_t base_ts = 0, ts2, ms2
+    cdef uint64_t mask = 0, mask2
+    cdef int64_t ext, fext
+    cdef int32_t pos, fpos
+    cdef Py_ssize_t plen
+    cdef const uint8_t *q
+    cdef const uint8_t *imgs[RS_MAX_K]
+    cdef uint8_t *outs[RS_MAX_K]
+    cdef const uint8_t *par[RS_MAX_M]
+    cdef int rows[RS_MAX_M]
+    cdef uint8_t *img
+    # The block's shape, from any of its rows we hold.
+    for j in range(RS_MAX_M):
+        fext = fext0 + j
+        fpos = <int32_t>(fext & (f.h_cap - 1))
+        if fext < f.h_lo or f.h_ext[fpos] != fext or f.h_state[fpos] != H_HELD:
+            continue
+        q = e.pool + <size_t>f.h_slot[fpos] * SLOT_SIZE
+        if rtp_parse(q, f.h_len[fpos], &e.scratch_view) != RTP_OK:
+            continue
+        if rs_header_read(q, f.h_len[fpos], e.scratch_view.header_size, &k, &mm, &idx, &base,
+                          &L, &base_ts, &ms2, &mask) == 0 and idx == j:
+            break
+        k = 0
+    if k == 0:
         return
     # Which protected packets are missing here, and which images we have.
     for i in range(k):
@@ -524,7 +574,7 @@ cdef void eng_fec_in(Engine e, int32_t pid, int32_t fiid, int32_t slot, const ui
         return
     # The block's parity rows we hold (consecutive FEC seqs).
     for j in range(mm):
-        fext = hist_ext_of(f, <uint16_t>(v.seq - idx + j))
+        fext = fext0 + j
         fpos = <int32_t>(fext & (f.h_cap - 1))
         if f.h_ext[fpos] != fext or f.h_state[fpos] != H_HELD:
             continue

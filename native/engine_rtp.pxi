@@ -19,6 +19,7 @@ cdef int eng_new_ingress(Engine e, int sid, uint32_t ssrc, int pt, int is_rtx,
     e.ingress[iid].role = is_rtx
     e.ingress[iid].media = iid
     e.ingress[iid].ulp_in_pt = ANY_PT
+    e.ingress[iid].fec_iid = -1
     e.ingress[iid].layer = layer
     s.ingress[s.ningress] = iid
     s.ningress += 1
@@ -266,6 +267,8 @@ cdef void eng_media_in(Engine e, int32_t iid, int32_t slot, const uint8_t *d, Py
     if how == HOW_DIRECT:
         e.c[C_RX_RTP] += 1
     if put == PUT_FILLED:
+        if how != HOW_FEC and g.fec_iid >= 0:
+            eng_fec_retry(e, iid, ext, now)     # this packet may complete an FEC block
         if how == HOW_RTX:
             e.c[C_RECOVERED_RTX] += 1
             e.ss[sid * N_SRC_FIELDS + S_RECOVERED_RTX] += 1

@@ -210,6 +210,11 @@ cdef struct Ingress:
     uint8_t blk_k
     uint8_t blk_m            # max parity rows any downtrack of this ingress wants
     uint8_t ulp_in_pt        # in-band ULPFEC payload type accepted on this SSRC (ANY_PT = none)
+    int32_t fec_iid          # its SFU-RS ingress (-1 = none)
+    int64_t fb_media[16]     # recent uplink SFU-RS blocks: first media ext seq,
+    int64_t fb_fec[16]       # ... FEC ext seq of row 0,
+    uint8_t fb_k[16]         # ... and k (0 = unused slot)
+    int32_t fb_pos
 
 
 cdef struct Source:

@@ -39,6 +39,7 @@ cdef struct JbState:
     int codec
     int64_t cap
     double clock_rate, min_delay, max_delay, percentile, target
+    double late_wait         # how much longer an incomplete video frame may hold playout
     JbSlot *slots
     uint8_t *data            # cap * JB_SLOT_BYTES payload copies
     int started, head_start
@@ -292,7 +293,11 @@ cdef int jb_next_frame(JbState *s, double now, JbFrame *f) noexcept nogil:
                 break
             j += 1
     f.complete = start and contiguous and marker
-    return now >= first_arr + s.target
+    if f.complete or s.codec == JB_OPUS:
+        return now >= first_arr + s.target
+    # A repair may still be on its way: a short freeze now beats a keyframe round trip
+    # (every later frame depends on this one).
+    return now >= first_arr + s.target + s.late_wait
 
 
 cdef class JitterBuffer:
@@ -308,7 +313,7 @@ cdef class JitterBuffer:
         self.s = NULL
 
     def __init__(self, clock_rate, codec, capacity=1024, min_delay=0.02, max_delay=0.5,
-                 percentile=0.95):
+                 percentile=0.95, late_wait=0.0):
         codecs = {"vp8": JB_VP8, "h264": JB_H264, "opus": JB_OPUS}
         if not isinstance(codec, str) or codec.lower() not in codecs:
             raise ValueError(f"codec must be one of vp8, h264, opus, got {codec!r}")
@@ -321,6 +326,8 @@ cdef class JitterBuffer:
             raise ValueError("need 0 <= min_delay <= max_delay")
         if not (0.0 < percentile <= 1.0):
             raise ValueError("percentile must be in (0, 1]")
+        if not (0.0 <= late_wait <= 5.0):
+            raise ValueError("late_wait must be in [0, 5] seconds")
         if self.s != NULL:
             raise ValueError("JitterBuffer is already initialised")
         self.s = <JbState *>calloc(1, sizeof(JbState))
@@ -337,6 +344,7 @@ cdef class JitterBuffer:
         self.s.max_delay = max_delay
         self.s.percentile = percentile
         self.s.target = min_delay
+        self.s.late_wait = late_wait
         jb_reset_ring(self.s)
 
     def __dealloc__(self):

@@ -175,7 +175,9 @@ class JitterBuffer:
 
     def __init__(self, clock_rate: int, codec: str, capacity: int = 1024,
                  min_delay: float = 0.02, max_delay: float = 0.5,
-                 percentile: float = 0.95) -> None: ...
+                 percentile: float = 0.95, late_wait: float = 0.0) -> None:
+        """late_wait: how much longer an incomplete video frame holds playout (a repair
+        may still come) before it is released incomplete."""
     def insert(self, packet: bytes, now: float, recovered: bool = False) -> int: ...
     def pop(self, now: float) -> list[tuple[int, bool, list[bytes], bool]]:
         """Due frames in order: (timestamp, keyframe, payloads, complete)."""

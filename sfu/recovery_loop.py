@@ -18,6 +18,12 @@ from sfu import _native
 from sfu.recovery import BlockSizer, LinkEstimate, Plan, RecoveryPolicy
 from sfu.rooms import RoomManager, Subscription, Track
 
+# Video: one unrepaired packet costs every frame until the next keyframe, so aim lower, and
+# let a block span up to 100 ms (at ~100 packets/s a 40 ms block is 4 packets: weak FEC);
+# the viewer's late-frame wait covers the longer block.
+VIDEO_TARGET, VIDEO_MAX_BLOCK_S = 1e-4, 0.1
+AUDIO_TARGET, AUDIO_MAX_BLOCK_S = 2e-3, 0.04
+
 _D = {name: i for i, name in enumerate(_native.DOWNTRACK_FIELDS)}
 _S = {name: i for i, name in enumerate(_native.SOURCE_FIELDS)}
 
@@ -69,8 +75,10 @@ class RecoveryController:
                       highest_seq=int(row[_D["rr_highest_seq"]]),
                       cumulative_lost=int(row[_D["rr_cumulative_lost"]]))
         sizer = self._sizers.get(track.track_id)
+        video = track.kind == "video"
         if sizer is None:
-            sizer = self._sizers[track.track_id] = BlockSizer()
+            sizer = self._sizers[track.track_id] = BlockSizer(
+                max_block_s=VIDEO_MAX_BLOCK_S if video else AUDIO_MAX_BLOCK_S)
         packets = int(self.engine.source_stats[track.sid][_S["packets"]])
         new_k = sizer.update(now, packets)
         if new_k is not None:
@@ -81,7 +89,9 @@ class RecoveryController:
         policy = self._policies.get(did)
         if policy is None:
             policy = self._policies[did] = RecoveryPolicy(
-                nack=sub.recovery.nack, fec="rs", budget_s=self.budget_s)
+                nack=sub.recovery.nack, fec="rs", budget_s=self.budget_s,
+                target=VIDEO_TARGET if video else AUDIO_TARGET,
+                max_block_s=VIDEO_MAX_BLOCK_S if video else AUDIO_MAX_BLOCK_S)
         plan = policy.update(est, now, k=sizer.k or None)
         if plan is not None:
             self._apply(sub, track, sizer, plan, est)

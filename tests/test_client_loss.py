@@ -97,9 +97,11 @@ def test_send_history_rtx_plain_dedupe_and_missing() -> None:
     assert h.stats.missing == 1 and counter.value == 502  # seq 9 was never sent
     assert h.resend([65534], 0.11, RTX_SSRC, RTX_PT, counter) == []  # within RTT/2
     assert h.stats.deduped == 1
-    assert len(h.resend([65534], 0.125, RTX_SSRC, RTX_PT, counter)) == 1
+    # A repeated request: two copies (distinct RTX seqs), one more loss costs no round trip.
+    again = h.resend([65534], 0.125, RTX_SSRC, RTX_PT, counter)
+    assert len(again) == 2 and again[0][12:] == again[1][12:] and again[0][2:4] != again[1][2:4]
     assert h.resend([3], 0.2) == [media(3)]  # no RTX negotiated: the original again
-    assert h.stats.resent == 4 and h.stats.requested == 6
+    assert h.stats.resent == 5 and h.stats.requested == 6
     with pytest.raises(ValueError):
         h.resend([3], 0.3, RTX_SSRC, RTX_PT, None)
 

@@ -146,13 +146,14 @@ def test_holes_are_nacked_retried_and_given_up_with_a_keyframe_request(link: Lin
     assert [p for p in rtcp_of(link.pub) if p["type"] == "nack"] == []
     link.e.on_tick(1.006)
     nacks = [p for p in rtcp_of(link.pub, 1) if p["type"] == "nack"]
-    assert len(nacks) == 1 and nacks[0]["media_ssrc"] == PUB_SSRC
+    # Sent twice: a lost NACK would cost a whole retry interval.
+    assert len(nacks) == 2 and nacks[0] == nacks[1] and nacks[0]["media_ssrc"] == PUB_SSRC
     assert nacks[0]["lost"] == [12, 13] and nacks[0]["sender_ssrc"] == 1
     # Retried one RTT later (0.1 s default until measured, ×1.2 + 5 ms), not before.
     link.e.on_tick(1.05)
     assert [p for p in rtcp_of(link.pub, 1) if p["type"] == "nack"] == []
     link.e.on_tick(1.14)
-    assert [p["lost"] for p in rtcp_of(link.pub, 1) if p["type"] == "nack"] == [[12, 13]]
+    assert [p["lost"] for p in rtcp_of(link.pub, 1) if p["type"] == "nack"] == [[12, 13]] * 2
     # Past nack_max_age (1 s) the holes are given up: counted, and a PLI asks for a keyframe.
     link.e.on_tick(2.2)
     got = rtcp_of(link.pub, 2)
@@ -166,7 +167,7 @@ def test_rtx_from_the_publisher_fills_the_hole_for_every_viewer(link: Link):
     pkts = link.publish([20, 21, 23], 1.0)
     fwd = recv_all(link.view, 3)
     link.e.on_tick(1.01)
-    assert [p["lost"] for p in rtcp_of(link.pub, 1) if p["type"] == "nack"] == [[22]]
+    assert [p["lost"] for p in rtcp_of(link.pub, 1) if p["type"] == "nack"] == [[22]] * 2
     original = n.build_rtp(PT, 22, 3000 * 22, PUB_SSRC, bytes([22]) * 200,
                            extensions={3: b"\x01\x02"})
     body = n.parse_rtp(original)
@@ -334,7 +335,7 @@ def test_rtx_after_a_retry_is_no_rtt_sample(link: Link):
     link.publish([30, 32], 1.0)
     link.e.on_tick(1.01)   # NACK 31
     link.e.on_tick(1.14)   # retry (no RTT yet: 0.1 s default x 1.2 + 5 ms)
-    assert [p["lost"] for p in rtcp_of(link.pub) if p["type"] == "nack"] == [[31], [31]]
+    assert [p["lost"] for p in rtcp_of(link.pub) if p["type"] == "nack"] == [[31]] * 4
     body = n.parse_rtp(n.build_rtp(PT, 31, 3000 * 31, PUB_SSRC, bytes([31]) * 200))
     rtx = n.build_rtp(RTX_PT, 9, body["timestamp"], RTX_SSRC, (31).to_bytes(2) + body["payload"])
     link.pub.sendto(rtx, link.addr)
@@ -342,3 +343,22 @@ def test_rtx_after_a_retry_is_no_rtt_sample(link: Link):
     assert link.source()["recovered_rtx"] == 1
     link.e.on_tick(2.5)
     assert link.source()["rtt_us"] == 0  # 10 ms would have been a wrong sample
+
+
+def test_rtx_that_arrives_after_the_parity_completes_the_block(link: Link):
+    # Two holes, one parity row: stuck until a retransmission fills one hole, then the
+    # parity rebuilds the other (FEC and NACK work together, not one after the other).
+    pkts = [n.build_rtp(PT, 500 + i, 900 * i, PUB_SSRC, bytes([i]) * 80) for i in range(4)]
+    (parity,) = n.rs_encode(pkts, 4, 1, 500, 125, 3, FEC_SSRC)
+    for p in (pkts[0], pkts[3], parity):
+        link.pub.sendto(p, link.addr)
+    pump(link.e, link.tid, 1.0, 3)
+    assert link.source()["recovered_fec"] == 0
+    body = n.parse_rtp(pkts[1])
+    link.pub.sendto(n.build_rtp(RTX_PT, 1, body["timestamp"], RTX_SSRC,
+                                (501).to_bytes(2) + body["payload"]), link.addr)
+    pump(link.e, link.tid, 1.05, 1)
+    src = link.source()
+    assert src["recovered_rtx"] == 1 and src["recovered_fec"] == 1
+    got = {n.parse_rtp(d)["payload"] for d in rtp_of(link.view)}
+    assert {n.parse_rtp(p)["payload"] for p in pkts} <= got

@@ -208,18 +208,22 @@ class SendHistory:
             if now - entry[2] < min(self.rtt / 2, self.DEDUPE_MAX_S):
                 st.deduped += 1
                 continue
-            st.first_requests += entry[2] < 0
+            repeat = entry[2] >= 0
+            st.first_requests += not repeat
             entry[2] = now
-            pkt: bytes | None = entry[0]
-            if rtx_ssrc is not None:
-                assert rtx_seq_counter is not None
-                pkt = build_rtx(entry[0], rtx_ssrc, rtx_pt, rtx_seq_counter.next())
-            if pkt is None:
-                st.missing += 1
-                continue
-            out.append(pkt)
-            st.resent += 1
-            st.resent_bytes += len(pkt)
+            # A repeated request means an answer (or the request) was lost already: two
+            # copies this time, so one more loss does not cost another round trip.
+            for _ in range(2 if repeat else 1):
+                pkt: bytes | None = entry[0]
+                if rtx_ssrc is not None:
+                    assert rtx_seq_counter is not None
+                    pkt = build_rtx(entry[0], rtx_ssrc, rtx_pt, rtx_seq_counter.next())
+                if pkt is None:
+                    st.missing += 1
+                    break
+                out.append(pkt)
+                st.resent += 1
+                st.resent_bytes += len(pkt)
         return out
 
 
@@ -540,7 +544,8 @@ class RecoveringReceiver:
                  rtx_ssrc: int | None = None, rtx_pt: int | None = None,
                  fec_pt: int | None = RS_FEC_PT, ulpfec_pt: int | None = ULPFEC_PT,
                  budget_s: float = 0.2, *, sender_ssrc: int = 1, nack: bool = True,
-                 min_delay: float | None = None, max_retries: int = 10) -> None:
+                 min_delay: float | None = None, max_retries: int = 10,
+                 late_wait: float = 0.0) -> None:
         self.media_ssrc = media_ssrc
         self.media_pt = media_pt
         self.clock_rate = clock_rate
@@ -551,13 +556,17 @@ class RecoveringReceiver:
         self.budget = budget_s
         self.sender_ssrc = sender_ssrc
         self.stats = RecoveryStats()
-        self.nack = NackGenerator(max_retries=max_retries, deadline_s=budget_s, enabled=nack)
+        # late_wait: an incomplete video frame may hold playout that much longer, so NACKs
+        # for it stay worth sending until then.
+        self.nack = NackGenerator(max_retries=max_retries, deadline_s=budget_s + late_wait,
+                                  enabled=nack)
         self.reception = ReceptionStats(clock_rate)
         self.jitter: _native.JitterBuffer | None = None
         if codec is not None:
             lo = budget_s if min_delay is None else min(min_delay, budget_s)
             self.jitter = _native.JitterBuffer(clock_rate, codec, capacity=1024,
-                                               min_delay=lo, max_delay=budget_s)
+                                               min_delay=lo, max_delay=budget_s,
+                                               late_wait=late_wait)
         self._rs: Any | None = None
         self._rs_tried = False
         self._store: dict[int, bytes] = {}

@@ -366,6 +366,7 @@ class RecoveringSender(RtpEndpoint):
         # fec="auto": the uplink's share of a viewer's playout budget, the residual aimed at
         # and the overhead allowed (× p/(1-p)): every viewer pays for an uplink loss.
         self.fec_budget_s, self.fec_target, self.fec_max_overhead = 0.12, 0.001, 3.0
+        self.fec_max_block_s = 0.04
         self.fec_plan: Any | None = None  # sfu.recovery.Plan chosen by fec="auto"
         self._fec_seq = SeqCounter()
         self._loss = 0.0  # smoothed fraction lost in the node's reports about us
@@ -475,7 +476,7 @@ class RecoveringSender(RtpEndpoint):
                              packet_bytes=12 + max(1.0, (st.bytes - octets) / sent))
         plan = recovery.choose_plan(link, self.fec_budget_s, self.fec_target,
                                     self.fec_max_overhead, current=self.fec_plan,
-                                    k=recovery.block_length(link.pps))
+                                    k=recovery.block_length(link.pps, self.fec_max_block_s))
         if plan == self.fec_plan:
             return
         self.fec_plan = plan
@@ -535,6 +536,9 @@ class Publisher(RecoveringSender):
     ) -> None:
         super().__init__(node, ufrag, pwd, ssrc=ssrc, payload_type=payload_type,
                          clock_rate=VIDEO_CLOCK, kind="video", rtx=rtx, fec=fec)
+        # Real video: one unrepaired packet costs the frames until the next keyframe, so
+        # the uplink FEC aims lower and its blocks may span 100 ms (a few packets otherwise).
+        self.fec_target, self.fec_max_block_s = 1e-4, 0.1
         self.encoder = encoder
         self.packetizer = Vp8Packetizer(max_payload, int.from_bytes(os.urandom(2)) & 0x7FFF)
         self.counters = PublisherStats()
@@ -572,6 +576,7 @@ class Publisher(RecoveringSender):
         rtx: bool = True,
         fec: FecOption = None,
         via: tuple[str, int] | None = None,
+        nack: bool = True,
     ) -> Publisher:
         """Join ``room`` through the control client, bind with STUN and publish a track.
 
@@ -579,6 +584,7 @@ class Publisher(RecoveringSender):
         ``rtx`` declares an RTX SSRC; ``fec=(k, m)`` adds SFU-RS parity on a ``fec_ssrc``,
         ``fec="auto"`` chooses (k, m) from the loss the node reports (none when clean).
         ``via`` sends media to that address instead of the node's (a lossy-link proxy).
+        ``nack=False`` asks the node not to NACK this track (no uplink retransmission).
         """
         joined = await control.call("participant.join", room=room, participant=participant,
                                     role=role)
@@ -589,7 +595,7 @@ class Publisher(RecoveringSender):
         res = await pub.open_bind_call(
             control, bind_timeout, "track.publish", room=room, participant=participant,
             kind="video", codec="VP8", payload_type=pub.payload_type, clock_rate=VIDEO_CLOCK,
-            layers=[pub.layer()],
+            layers=[pub.layer()], nack=nack,
         )
         pub.track = res["track"]
         return pub

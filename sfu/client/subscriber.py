@@ -107,6 +107,7 @@ class Subscriber(RtpEndpoint):
         rtx: bool = True,
         fec: str = "auto",
         poll_interval: float = 0.005,
+        late_wait: float = 0.15,
     ) -> None:
         super().__init__(node, ufrag, pwd)
         recovery_params(nack, rtx, fec)  # validates fec
@@ -118,6 +119,9 @@ class Subscriber(RtpEndpoint):
         self.fec_pt = RS_FEC_PT
         self.ulpfec_pt = ULPFEC_PT
         self.budget_s = budget_s
+        # A frame still missing a packet at its playout time may freeze playout this much
+        # longer while its repair arrives (a freeze < 200 ms beats a keyframe round trip).
+        self.late_wait = late_wait if nack or fec != "off" else 0.0
         self.nack, self.rtx, self.fec = nack, rtx, fec
         self.poll_interval = poll_interval
         self.subscription: str | None = None
@@ -192,7 +196,7 @@ class Subscriber(RtpEndpoint):
             rx = self.receiver = RecoveringReceiver(
                 self.media_ssrc, self.payload_type, VIDEO_CLOCK, "vp8", self.rtx_ssrc,
                 self.rtx_pt, self.fec_pt, self.ulpfec_pt, self.budget_s,
-                sender_ssrc=self.ssrc, nack=self.nack)
+                sender_ssrc=self.ssrc, nack=self.nack, late_wait=self.late_wait)
         return rx
 
     def start_reports(self, interval: float = 0.5) -> None:
