@@ -100,7 +100,7 @@ async def one_run(recover: bool, args: argparse.Namespace) -> dict[str, Any]:
                                        nack=recover)
             assert pub.track is not None
             sub = await Subscriber.join(control, ROOM, "viewer", pub.track, via=down.address,
-                                        nack=recover, rtx=recover,
+                                        nack=recover, rtx=recover, budget_s=args.budget_ms / 1e3,
                                         fec="auto" if recover else "off")
             started = time.monotonic()
             runner = asyncio.ensure_future(pub.run(seconds=args.seconds))
@@ -142,6 +142,7 @@ async def one_run(recover: bool, args: argparse.Namespace) -> dict[str, Any]:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"seconds": args.seconds, "loss_each_way_each_leg": args.loss,
+                           "budget_ms": args.budget_ms,
                            "rtt_ms_per_leg": args.rtt_ms, "bitrate": args.bitrate,
                            "size": f"{args.width}x{args.height}@{args.fps}"}
     for recover in (True, False) if not args.no_bare else (True,):
@@ -180,6 +181,8 @@ if __name__ == "__main__":
     ap.add_argument("--downlink-loss", type=float, help="override --loss on the viewer's leg")
     ap.add_argument("--no-bare", action="store_true", help="skip the run without recovery")
     ap.add_argument("--rtt-ms", type=float, default=50.0, help="RTT of each leg")
+    ap.add_argument("--budget-ms", type=float, default=200.0,
+                    help="viewer playout delay (a late frame may add 150 ms of freeze)")
     ap.add_argument("--bitrate", type=int, default=1_000_000)
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=360)

@@ -15,6 +15,8 @@ cdef enum:
     PUT_DUP = 1
     PUT_FILLED = 2
     PUT_OLD = 3
+    PUT_EARLY = 4            # inside the window, never seen nor missed (e.g. before the first)
+    EARLY_ROOM = 64          # seqs below a stream's first packet still accepted (its RTX)
     HOW_DIRECT = 0
     HOW_RTX = 1
     HOW_FEC = 2
@@ -104,7 +106,8 @@ cdef int eng_hist_put(Engine e, int32_t iid, int32_t slot, Py_ssize_t n, uint16_
     cdef uint8_t st
     if g.h_hi == 0:
         ext = (<int64_t>1 << 32) + seq       # room below for reordered early packets
-        g.h_lo = ext
+        # The first packets may have been lost: their RTX must still find a place.
+        g.h_lo = ext - EARLY_ROOM
         g.h_hi = ext
     else:
         ext = hist_ext_of(g, seq)
@@ -147,7 +150,7 @@ cdef int eng_hist_put(Engine e, int32_t iid, int32_t slot, Py_ssize_t n, uint16_
         return PUT_FILLED
     hist_clear(e, g, pos, g.sid)
     hist_store(e, g, pos, ext, slot, n, now)
-    return PUT_NEW
+    return PUT_EARLY
 
 
 cdef void eng_mark_missing(Engine e, int32_t iid, int64_t ext, double now) noexcept nogil:

@@ -277,7 +277,7 @@ cdef void eng_media_in(Engine e, int32_t iid, int32_t slot, const uint8_t *d, Py
             e.ss[sid * N_SRC_FIELDS + S_RECOVERED_FEC] += 1
         else:
             e.ss[sid * N_SRC_FIELDS + S_RECOVERED_LATE] += 1
-    elif how != HOW_DIRECT and put != PUT_NEW:
+    elif how != HOW_DIRECT and put != PUT_NEW and put != PUT_EARLY:
         return      # a repair for a hole we no longer track: nobody is waiting for it
     if put == PUT_OLD:
         ext = hist_ext_of(g, v.seq)

@@ -362,3 +362,17 @@ def test_rtx_that_arrives_after_the_parity_completes_the_block(link: Link):
     assert src["recovered_rtx"] == 1 and src["recovered_fec"] == 1
     got = {n.parse_rtp(d)["payload"] for d in rtp_of(link.view)}
     assert {n.parse_rtp(p)["payload"] for p in pkts} <= got
+
+
+def test_rtx_of_a_stream_first_packet_still_reaches_the_viewer(link: Link):
+    # The very first packet (a key frame's start) was lost: the node never saw a hole, but
+    # its retransmission must still be forwarded, or the viewer waits for the next key frame.
+    link.publish([41, 42, 43], 1.0)
+    first = n.parse_rtp(rtp_of(link.view)[0])
+    body = n.parse_rtp(n.build_rtp(PT, 40, 3000 * 40, PUB_SSRC, bytes([40]) * 200))
+    link.pub.sendto(n.build_rtp(RTX_PT, 1, body["timestamp"], RTX_SSRC,
+                                (40).to_bytes(2) + body["payload"]), link.addr)
+    pump(link.e, link.tid, 1.05, 1)
+    (got,) = [n.parse_rtp(d) for d in rtp_of(link.view)]
+    assert (first["sequence_number"] - got["sequence_number"]) & 0xFFFF == 1
+    assert got["payload"] == body["payload"]

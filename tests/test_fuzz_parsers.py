@@ -141,7 +141,7 @@ class HistoryModel:
         """'new', 'dup' or 'old', as eng_hist_put decides."""
         if self.hi == 0:
             ext = (1 << 32) + seq
-            self.lo = self.hi = ext
+            self.lo, self.hi = ext - 64, ext  # room for the RTX of lost first packets
         else:
             ext = self.ext_of(seq)
         if ext >= self.hi:
