@@ -20,6 +20,7 @@ import uvloop
 
 from sfu import _native, stun
 from sfu.config import NodeConfig
+from sfu.control import Client
 from sfu.server import RunningNode, start_node
 
 HOST_SSRC = 0x11223344
@@ -181,3 +182,16 @@ def rtp_packet(seq: int, ts: int, ssrc: int = HOST_SSRC, size: int = 120) -> byt
     payload = (seq & 0xFFFF).to_bytes(2, "big") * (size // 2)
     return _native.build_rtp(PT, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc, payload,
                              marker=seq % 3 == 0)
+
+
+@asynccontextmanager
+async def node_with_room(room: str) -> Any:
+    """A node on loopback, a control client connected over its Unix socket, and `room`."""
+    async with running_node() as running:
+        assert running.control_path is not None
+        client = await Client.connect_unix(running.control_path)
+        try:
+            await client.call("room.create", room=room)
+            yield running, client
+        finally:
+            await client.close()

@@ -6,16 +6,14 @@ link without the node (direct mode)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import struct
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from node_helpers import node_with_room
 
 from sfu import _native
 from sfu.client.loss import (
@@ -34,9 +32,6 @@ from sfu.client.loss import (
 from sfu.client.probe import ProbePublisher
 from sfu.client.publisher import Publisher
 from sfu.client.subscriber import Subscriber
-from sfu.config import NodeConfig
-from sfu.control import Client
-from sfu.server import RunningNode, start_node
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from lossy_link import LinkProfile, LossyLink  # noqa: E402
@@ -455,21 +450,8 @@ def test_direct_mode_without_nack_shows_the_loss() -> None:
 ROOM = "loss"
 
 
-@asynccontextmanager
-async def node() -> AsyncIterator[tuple[RunningNode, Client]]:
-    with tempfile.TemporaryDirectory(prefix="sfu-loss-") as tmp:
-        running = await start_node(NodeConfig(udp_host="127.0.0.1", udp_port=0,
-                                              control_path=os.path.join(tmp, "sfu.sock")))
-        try:
-            assert running.control_path is not None
-            client = await Client.connect_unix(running.control_path)
-            try:
-                await client.call("room.create", room=ROOM)
-                yield running, client
-            finally:
-                await client.close()
-        finally:
-            await running.close()
+def node() -> Any:
+    return node_with_room(ROOM)
 
 
 async def vp8_run(recover: bool, seconds: float = 2.0) -> tuple[Any, Any, LossyLink]:

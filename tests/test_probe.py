@@ -4,20 +4,15 @@ bench/loss.py relies on, on-time accounting, NACK/RTX recovery on each leg."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from node_helpers import node_with_room
 
 from sfu.client.probe import ProbePublisher, ProbeSubscriber
-from sfu.config import NodeConfig
-from sfu.control import Client
-from sfu.server import RunningNode, start_node
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from lossy_link import LinkProfile, LossyLink  # noqa: E402
@@ -36,21 +31,8 @@ def run(fn: Callable[[], Awaitable[None]], timeout: float = 20.0) -> None:
     asyncio.run(bounded())
 
 
-@asynccontextmanager
-async def node() -> AsyncIterator[tuple[RunningNode, Client]]:
-    with tempfile.TemporaryDirectory(prefix="sfu-probe-") as tmp:
-        running = await start_node(NodeConfig(udp_host="127.0.0.1", udp_port=0,
-                                              control_path=os.path.join(tmp, "sfu.sock")))
-        try:
-            assert running.control_path is not None
-            client = await Client.connect_unix(running.control_path)
-            try:
-                await client.call("room.create", room=ROOM)
-                yield running, client
-            finally:
-                await client.close()
-        finally:
-            await running.close()
+def node() -> Any:
+    return node_with_room(ROOM)
 
 
 async def probe_run(up: LinkProfile | None, down: LinkProfile | None, seconds: float,
