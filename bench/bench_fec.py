@@ -76,8 +76,7 @@ def test_rs_kernel(benchmark, k: int, m: int, simd: bool):
     benchmark.group = f"fec-k{k}-m{m}"
     was = _native._rs_simd()
     if simd and not _native._rs_simd(True):
-        _native._rs_simd(was)
-        pytest.skip("no AVX2 on this CPU")    # the table row below still measures
+        simd = False      # no AVX2 on this CPU: this row measures the table kernel too
     media = media_block(k)
     base_ts = struct.unpack("!I", media[0][4:8])[0]
     L = SIZE - 4

@@ -72,9 +72,10 @@ class Engine:
         """A published track owned by pid; returns a source id."""
     def add_ingress(self, sid: int, ssrc: int, payload_type: int, rtx_ssrc: int = 0,
                     layer: int = 0, rtx_payload_type: int = -1, fec_ssrc: int = 0,
-                    fec_payload_type: int = -1) -> None:
+                    fec_payload_type: int = -1, ulpfec_payload_type: int = -1) -> None:
         """Declare an SSRC the source's owner sends, with its optional RTX (RFC 4588) and
-        SFU-RS FEC streams (payload type -1 = any). Media SSRCs get a retransmission
+        SFU-RS FEC streams (payload type -1 = any), and the payload type of in-band ULPFEC
+        it may carry on the media SSRC (-1 = none). Media SSRCs get a retransmission
         history; holes in them are NACKed to the owner and repaired from RTX or FEC
         before fan-out. Raises ValueError if an SSRC is already in use on this node."""
     def set_source_recovery(self, sid: int, nack: bool = True, fec_k: int = 0) -> None:
@@ -82,9 +83,12 @@ class Engine:
         0..64) used for this source's viewers' FEC."""
     def set_downtrack_recovery(self, did: int, nack: bool = True, rtx_ssrc: int = 0,
                                rtx_payload_type: int = 0, fec_ssrc: int = 0,
-                               fec_payload_type: int = 0, fec_m: int = 0) -> None:
-        """Answer this viewer's NACKs (as RTX on rtx_ssrc, or plain resends when 0) and
-        send it fec_m SFU-RS parity packets (0..16) per source block on fec_ssrc."""
+                               fec_payload_type: int = 0, fec_m: int = 0, ulpfec_k: int = 0,
+                               ulpfec_payload_type: int = 116) -> None:
+        """Answer this viewer's NACKs (as RTX on rtx_ssrc, or plain resends when 0), send it
+        fec_m SFU-RS parity packets (0..16) per source block on fec_ssrc, and in-band ULPFEC
+        (one packet per ulpfec_k media packets, in the media seq space; fixed once the viewer
+        got its first packet, ValueError after)."""
     def remove_source(self, sid: int) -> None:
         """Frees the source, its SSRCs and its downtracks."""
     def add_downtrack(self, sid: int, pid: int, out_ssrc: int, out_pt: int) -> int:
