@@ -167,6 +167,8 @@ cdef void eng_mark_missing(Engine e, int32_t iid, int64_t ext, double now) noexc
     g.h_due[pos] = now + e.nack_delay
     g.h_nack[pos] = 0
     g.h_tries[pos] = 0
+    if g.nmissing == 0 or ext < g.miss_lo:
+        g.miss_lo = ext
     g.nmissing += 1
     if not g.pending:
         g.pending = 1
@@ -333,7 +335,8 @@ cdef double eng_nack_sweep(Engine e, double now) noexcept nogil:
         interval = eng_retry_interval(e, s.pid)
         nseq = 0
         give_up = 0
-        x = g.h_lo
+        x = g.miss_lo if g.miss_lo > g.h_lo else g.h_lo
+        g.miss_lo = g.h_hi      # lowered again below by the first hole still missing
         while x < g.h_hi:
             pos = <int32_t>(x & (g.h_cap - 1))
             if g.h_ext[pos] == x and g.h_state[pos] == H_MISSING:
@@ -353,8 +356,11 @@ cdef double eng_nack_sweep(Engine e, double now) noexcept nogil:
                         g.h_due[pos] = now + interval
                     else:
                         g.h_due[pos] = now + 0.001   # next packet carries it
-                if g.h_state[pos] == H_MISSING and g.h_due[pos] < nxt:
-                    nxt = g.h_due[pos]
+                if g.h_state[pos] == H_MISSING:
+                    if x < g.miss_lo:
+                        g.miss_lo = x
+                    if g.h_due[pos] < nxt:
+                        nxt = g.h_due[pos]
             x += 1
         if nseq:
             # Twice: a lost NACK costs a whole retry interval, a copy costs ~20 bytes.

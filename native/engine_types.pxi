@@ -204,6 +204,7 @@ cdef struct Ingress:
     int64_t h_hi
     double h_age
     int32_t nmissing
+    int64_t miss_lo          # no missing entry below this (where NACK sweeps start)
     uint8_t pending          # listed in the engine's NACK work list
     # Downlink SFU-RS block being collected: [blk_base, blk_base + blk_k).
     int64_t blk_base
