@@ -525,3 +525,14 @@ def test_publisher_fec_auto_follows_the_reported_uplink_loss() -> None:
     assert s.history.stats.first_requests == 1
     s.history.resend([1], 0.5)
     assert s.history.stats.first_requests == 1  # a retry is not a new loss
+
+
+def test_video_publisher_with_fec_auto_protects_its_start() -> None:
+    # The first key frame is the largest and most needed frame, sent before the node has
+    # reported any uplink loss: it goes out with parity until the first report decides.
+    from sfu.client.media import Vp8Encoder
+    from sfu.client.publisher import Publisher
+
+    pub = Publisher(("127.0.0.1", 9), "u", "p", Vp8Encoder(160, 96), fec="auto")
+    assert pub.fec_encoder is not None and (pub.fec_encoder.k, pub.fec_encoder.m) == (10, 4)
+    assert Publisher(("127.0.0.1", 9), "u", "p", Vp8Encoder(160, 96)).fec_encoder is None

@@ -539,6 +539,16 @@ class Publisher(RecoveringSender):
         # Real video: one unrepaired packet costs the frames until the next keyframe, so
         # the uplink FEC aims lower and its blocks may span 100 ms (a few packets otherwise).
         self.fec_target, self.fec_max_block_s = 1e-4, 0.1
+        if self.fec_auto:
+            # Until the node's first report (~1 s) the uplink loss is unknown, and the first
+            # key frame is the largest and most needed frame: protect the start, then let
+            # the reports decide (a clean link drops it at the first one).
+            from sfu.recovery import Plan
+
+            self.fec_plan = Plan(True, "rs", 10, 4)
+            assert self.fec_ssrc is not None
+            self.fec_encoder = rs_encoder(self.fec_pt, self.fec_ssrc, 10, 4,
+                                          self._fec_seq.value)
         self.encoder = encoder
         self.packetizer = Vp8Packetizer(max_payload, int.from_bytes(os.urandom(2)) & 0x7FFF)
         self.counters = PublisherStats()
