@@ -265,7 +265,8 @@ cdef void eng_resend(Engine e, Downtrack *t, int32_t did, Ingress *g, int32_t po
     e.ds[did * N_DT_FIELDS + D_RTX_SENT] += 1
 
 
-cdef void eng_nack_in(Engine e, int32_t did, const uint8_t *fci, Py_ssize_t count) noexcept nogil:
+cdef void eng_nack_in(Engine e, int32_t did, const uint8_t *fci, Py_ssize_t count,
+                      double now) noexcept nogil:
     cdef Downtrack *t = &e.dts[did]
     cdef Ingress *g
     cdef Py_ssize_t i
@@ -303,6 +304,14 @@ cdef void eng_nack_in(Engine e, int32_t did, const uint8_t *fci, Py_ssize_t coun
             else:
                 e.c[C_RESEND_MISS] += 1
                 e.ds[did * N_DT_FIELDS + D_RESEND_MISS] += 1
+                if (ext >= g.h_lo and ext < g.h_hi and g.h_ext[pos] == ext
+                        and g.h_state[pos] == H_MISSING and g.h_tries[pos] > 0
+                        and now - g.h_nack[pos] > 0.5 * eng_retry_interval(e, e.sources[g.sid].pid)):
+                    # A viewer is still waiting for a hole we are repairing upstream: ask the
+                    # publisher again now rather than at the next retry.
+                    g.h_due[pos] = now
+                    if now < e.next_nack:
+                        e.next_nack = now
     e.ds[did * N_DT_FIELDS + D_NACK_SEQS] += nseqs
     e.ds[did * N_DT_FIELDS + D_NACK_RUNS] += runs
 

@@ -114,7 +114,7 @@ cdef void eng_rtcp_in(Engine e, int32_t pid, const uint8_t *d, Py_ssize_t n,
                 did = eng_owned_downtrack(e, pid, rd32(p + 8))
                 if did >= 0:
                     e.ds[did * N_DT_FIELDS + D_NACK_IN] += 1
-                    eng_nack_in(e, did, p + 12, (body - 12) // 4)
+                    eng_nack_in(e, did, p + 12, (body - 12) // 4, now)
                 else:
                     e.c[C_RTCP_FOREIGN_SSRC] += 1
             elif rc == FMT_TWCC:

@@ -376,3 +376,15 @@ def test_rtx_of_a_stream_first_packet_still_reaches_the_viewer(link: Link):
     (got,) = [n.parse_rtp(d) for d in rtp_of(link.view)]
     assert (first["sequence_number"] - got["sequence_number"]) & 0xFFFF == 1
     assert got["payload"] == body["payload"]
+
+
+def test_viewer_nack_for_a_hole_being_repaired_upstream_hurries_the_publisher(link: Link):
+    link.publish([60, 62], 1.0)
+    base = n.parse_rtp(rtp_of(link.view)[0])["sequence_number"]
+    link.e.on_tick(1.01)  # first NACK for 61 upstream; the next retry is due at 1.135
+    assert [p["lost"] for p in rtcp_of(link.pub) if p["type"] == "nack"] == [[61]] * 2
+    link.view.sendto(n.build_nack(9, OUT_SSRC, [(base + 1) & 0xFFFF]), link.addr)
+    pump(link.e, link.tid, 1.08, 1)  # the viewer asks at 1.08: the node cannot answer yet
+    assert link.stats()["resend_miss"] == 1
+    # ... so it asks the publisher again at once instead of at 1.135.
+    assert [p["lost"] for p in rtcp_of(link.pub) if p["type"] == "nack"] == [[61]] * 2
