@@ -8,6 +8,7 @@ import struct
 import tracemalloc
 
 import pytest
+from test_fec import fixed_header_ok  # the same RTP validity oracle
 
 from sfu import _native
 from sfu._native import RsDecoder, RsEncoder, rs_decode, rs_encode, rs_parse
@@ -123,19 +124,6 @@ def random_block(rng: random.Random, k: int, absent: float = 0.0,
         i = rng.randrange(k)
         slots[i] = random_packet(rng, base + i, ts0, max_len=max_len)
     return base, slots
-
-
-def fixed_header_ok(p: bytes) -> bool:
-    if len(p) < 12 or p[0] >> 6 != 2:
-        return False
-    off = 12 + 4 * (p[0] & 0x0F)
-    if p[0] & 0x10:
-        if off + 4 > len(p):
-            return False
-        off += 4 + 4 * struct.unpack("!H", p[off + 2:off + 4])[0]
-    if off > len(p):
-        return False
-    return not p[0] & 0x20 or 0 < p[-1] <= len(p) - off
 
 
 @pytest.fixture(params=["simd", "table"])
