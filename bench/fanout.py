@@ -18,7 +18,14 @@ this process) to core 1. For each N and forwarder:
    blaster's CLOCK_REALTIME stamp, so a sink that drains late does not count.
 Between phases the sinks are drained until the forwarder is idle (backlogs after overload).
 
-Usage: python bench/fanout.py [--quick] [--n 1,10,50,200] [--skip-node] [--nice -10]
+"node_sc" is the same node with the issue-4 data path on: the track has three simulcast layers
+and three temporal layers (viewers use the switching rewriter: seq map, VP8 descriptor rewrite,
+layer filter over every layer's packets) and every viewer does transport-wide congestion control
+(each copy gets a transport-wide seq extension and a send record); `simulcast_vs_foundation` is
+its CPU per copy over the plain node's, same run. (--simulcast adds it; the blaster feeds the
+lowest layer, which each viewer is pinned to.)
+
+Usage: python bench/fanout.py [--quick] [--n 1,10,50,200] [--skip-node] [--simulcast] [--nice -10]
 Progress goes to stderr; the table, target verdicts, then one JSON summary line (the last
 line) to stdout; everything is also written to bench/results/fanout.json.
 """
@@ -161,7 +168,8 @@ class NodeForwarder:
 
     name = "node"
 
-    def __init__(self) -> None:
+    def __init__(self, simulcast: bool = False) -> None:
+        self.simulcast = simulcast
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.tmp = tempfile.mkdtemp(prefix="sfu-fanout-")
@@ -201,15 +209,29 @@ class NodeForwarder:
         await c.call("participant.join", room=ROOM, participant="pub", role="host")
         await c.call("participant.connect", room=ROOM, participant="pub",
                      remote=f"127.0.0.1:{blaster_port}")
-        pub = await c.call("track.publish", room=ROOM, participant="pub", kind="video",
-                           codec="VP8", payload_type=96, clock_rate=90000,
-                           layers=[{"rid": "f", "ssrc": PUB_SSRC}])
+        if self.simulcast:
+            layers = [{"rid": "q", "ssrc": PUB_SSRC}, {"rid": "h", "ssrc": PUB_SSRC + 1},
+                      {"rid": "f", "ssrc": PUB_SSRC + 2}]
+            pub = await c.call("track.publish", room=ROOM, participant="pub", kind="video",
+                               codec="VP8", payload_type=96, clock_rate=90000, layers=layers,
+                               temporal_layers=3)
+        else:
+            pub = await c.call("track.publish", room=ROOM, participant="pub", kind="video",
+                               codec="VP8", payload_type=96, clock_rate=90000,
+                               layers=[{"rid": "f", "ssrc": PUB_SSRC}])
         for i, (host, port) in enumerate(dests):
             viewer = f"v{i}"
-            await c.call("participant.join", room=ROOM, participant=viewer, role="audience")
+            extra: dict[str, Any] = {"twcc_ext_id": 5} if self.simulcast else {}
+            await c.call("participant.join", room=ROOM, participant=viewer, role="audience",
+                         **extra)
             await c.call("participant.connect", room=ROOM, participant=viewer,
                          remote=f"{host}:{port}")
-            await c.call("track.subscribe", room=ROOM, participant=viewer, track=pub["track"])
+            if self.simulcast:
+                await c.call("track.subscribe", room=ROOM, participant=viewer,
+                              track=pub["track"], preferences={"max_layer": "q"})
+            else:
+                await c.call("track.subscribe", room=ROOM, participant=viewer,
+                             track=pub["track"])
 
     async def forwarded(self) -> int:
         stats = await self.client.call("stats.get")
@@ -390,7 +412,8 @@ async def run_n(nat: Any, blaster: Any, direct: Any, n: int, win: Windows,
     res: dict[str, Any] = {}
     try:
         for kind in kinds:
-            fwd: Forwarder = NodeForwarder() if kind == "node" else ChildForwarder(kind)
+            fwd: Forwarder = (NodeForwarder(kind == "node_sc") if kind.startswith("node")
+                              else ChildForwarder(kind))
             progress(f"N={n}: {kind} ...")
             try:
                 await fwd.start(dests, blaster.port)
@@ -451,6 +474,9 @@ SUMMARY_FIELDS: dict[str, tuple[str, str, str]] = {
     "p99_added_latency_ms_1000pps": ("node", "fixed", "p99_added_ms"),
     "floor_p99_added_latency_ms_1000pps": ("floor", "fixed", "p99_added_ms"),
     "drops": ("node", "fixed", "drops"),
+    "sc_cpu_us_per_pkt": ("node_sc", "fixed", "cpu_us_per_pkt"),
+    "sc_saturation_per_core_pps": ("node_sc", "saturation", "per_core_pps"),
+    "sc_drops": ("node_sc", "fixed", "drops"),
 }
 # Ratio key -> (numerator, denominator) summary keys.
 SUMMARY_RATIOS: dict[str, tuple[str, str]] = {
@@ -459,6 +485,10 @@ SUMMARY_RATIOS: dict[str, tuple[str, str]] = {
     # Compared per CPU-second: other processes share the core (see measure()).
     "saturation_vs_floor": ("saturation_per_core_pps", "floor_saturation_per_core_pps"),
     "saturation_vs_floor_measured": ("saturation_pps", "floor_saturation_pps"),
+    # Issue 4: switching + TWCC stamping vs the plain (foundation) path, same run.
+    "simulcast_vs_foundation": ("sc_cpu_us_per_pkt", "cpu_us_per_pkt"),
+    "simulcast_saturation_vs_foundation": ("sc_saturation_per_core_pps",
+                                           "saturation_per_core_pps"),
 }
 
 
@@ -519,6 +549,10 @@ def targets(s: dict[str, dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
                                                 le=False),
          _fmt(s["saturation_vs_floor"].get("50"), ".2f")),
     ]
+    for n, v in s["simulcast_vs_foundation"].items():
+        if v is not None:
+            checks.append((f"N={n} simulcast+TWCC cpu/pkt <= 1.1x foundation", check(v, 1.1),
+                           _fmt(v, ".2f")))
     for n, v in s["p99_added_latency_ms"].items():
         checks.append((f"N={n} p99 added latency <= 1 ms", check(v, 1.0), _fmt(v, ".3f")))
     return checks
@@ -533,6 +567,8 @@ async def main_async(args: argparse.Namespace) -> int:
         os.setpriority(os.PRIO_PROCESS, 0, NICE)
     ns = [int(x) for x in args.n.split(",")]
     kinds = ["floor", "naive"] + ([] if args.skip_node else ["node"])
+    if args.simulcast and not args.skip_node:
+        kinds.append("node_sc")
     if not _procstat.pin(LOAD_CPU):
         progress(f"warning: cannot pin the load to core {LOAD_CPU}; results are noisier")
     nat = native_module()
@@ -583,6 +619,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="short windows (< 3 minutes)")
     ap.add_argument("--n", default="1,10,50,200", help="comma-separated subscriber counts")
     ap.add_argument("--skip-node", action="store_true", help="baselines only")
+    ap.add_argument("--simulcast", action="store_true",
+                    help="also run the node with simulcast switching + TWCC stamping")
     ap.add_argument("--nice", type=int, default=0,
                     help="nice value for forwarders and load, e.g. -10 on a shared machine "
                          "(needs privileges)")

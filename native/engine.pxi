@@ -65,6 +65,8 @@ cdef class Engine:
     cdef uint8_t *rs_prefix
     cdef uint8_t *ulp_scratch        # viewers' copies of a block for its ULPFEC
     cdef RtpView scratch_view
+    cdef int32_t n_probing           # participants with a padding probe running
+    cdef double next_probe
     # Others.
     cdef uint64_t rng
     cdef double wallclock_offset
@@ -113,6 +115,7 @@ cdef class Engine:
         self.nack_max_age = nack_max_age
         self.nack_rtt_default = nack_rtt_default
         self.next_nack = 1e300
+        self.next_probe = 1e300
         self.next_expire = 0.0
         self.max_peers = max_peers
         self.max_sources = max_sources
@@ -148,7 +151,7 @@ cdef class Engine:
         self.rx_slot = <int32_t*>calloc(MAX_BATCH, sizeof(int32_t))
         self.tx_hdrs = <mmsghdr*>calloc(EGRESS_MAX, sizeof(mmsghdr))
         self.tx_iov = <iovec*>calloc(2 * EGRESS_MAX, sizeof(iovec))
-        self.tx_fixed = <uint8_t*>calloc(EGRESS_MAX, 12)
+        self.tx_fixed = <uint8_t*>calloc(EGRESS_MAX, HDR_CAP)
         self.tx_pid = <int32_t*>calloc(EGRESS_MAX, sizeof(int32_t))
         self.rtcp_out = <uint8_t*>malloc(RTCP_OUT_SIZE)
         self.ev = <int64_t*>calloc(event_ring * 5, sizeof(int64_t))
@@ -212,6 +215,14 @@ cdef class Engine:
         if self.ingress != NULL:
             for i in range(self.max_ingress):
                 eng_hist_free(self, &self.ingress[i])
+        if self.dts != NULL:
+            for i in range(self.max_downtracks):
+                free(self.dts[i].om)
+        if self.peers != NULL:
+            for i in range(self.max_peers):
+                if self.peers[i].bwe != NULL:
+                    bwe_free(self.peers[i].bwe)
+                    free(self.peers[i].bwe)
         free(self.deferred); free(self.nack_list); free(self.rs_scratch); free(self.rs_parity)
         free(self.rs_prefix); free(self.ulp_scratch)
         map_free(&self.addr_map)
@@ -327,6 +338,11 @@ cdef class Engine:
         if p.bound:
             map_del(&self.addr_map, p.key)
         eng_flush(self)   # queued messages may point at this peer's address
+        if p.bwe != NULL:
+            bwe_free(p.bwe)
+            free(p.bwe)
+            p.bwe = NULL
+        p.probe_until = 0
         p.alive = 0
         p.bound = 0
         self.free_peers[self.n_free_peers] = pid
@@ -363,7 +379,7 @@ cdef class Engine:
         """One SSRC (a simulcast layer) of a source, with its optional RTX and SFU-RS FEC streams."""
         cdef Source *s = self._source(sid)
         cdef int need = 1 + (1 if rtx_ssrc else 0) + (1 if fec_ssrc else 0)
-        cdef int iid, rid
+        cdef int iid, rid, i
         cdef uint32_t x
         if not 0 <= payload_type <= 127:
             raise ValueError("payload_type must be 0..127")
@@ -381,7 +397,13 @@ cdef class Engine:
                 raise ValueError(f"SSRC {x} is already in use on this node")
         if s.ningress + need > MAX_INGRESS:
             raise ValueError(f"at most {MAX_INGRESS} SSRCs per source")
+        for i in range(s.ningress):
+            if (self.ingress[s.ingress[i]].role == ROLE_MEDIA
+                    and self.ingress[s.ingress[i]].layer == layer):
+                raise ValueError(f"layer {layer} already has an SSRC")
         iid = eng_new_ingress(self, sid, ssrc, payload_type, ROLE_MEDIA, layer)
+        if layer > 0:
+            s.switchable = 1
         if ulpfec_payload_type >= 0:
             self.ingress[iid].ulp_in_pt = ulpfec_payload_type
         if s.kind == KIND_VIDEO_:
@@ -440,6 +462,12 @@ cdef class Engine:
                 raise ValueError(f"SSRC {x} is already in use on this node")
         if rtx_ssrc and rtx_ssrc == fec_ssrc:
             raise ValueError("rtx_ssrc and fec_ssrc must differ")
+        if ulpfec_k and t.mode == DT_SWITCHED:
+            # ULPFEC protects the viewer's seq space as one run: such a viewer keeps the
+            # layer it starts on, every temporal layer, constant deltas.
+            t.mode = DT_PINNED
+            free(t.om)
+            t.om = NULL
         t.nack = nack
         if rtx_ssrc != t.rtx_ssrc:
             t.rtx_seq = <uint16_t>self._rand32()
@@ -455,6 +483,121 @@ cdef class Engine:
         self.ds[did * N_DT_FIELDS + D_FEC_M] = fec_m
         self.ds[did * N_DT_FIELDS + D_FEC_K] = self.sources[t.sid].fec_k if fec_m else 0
         eng_update_blk_m(self, t.sid)
+
+    def set_source_media(self, int sid, str codec="other", int temporal_layers=1,
+                         int layers=1, bint gop_cache=True):
+        """Codec (keyframe/temporal probes), declared temporal and spatial layer counts
+        (more than one of either makes its viewers switch layers; set before the first
+        downtrack), and whether new viewers start from the latest held keyframe."""
+        cdef Source *s = self._source(sid)
+        cdef int c = CODECS.get(codec.lower(), -1)
+        if c < 0:
+            raise ValueError(f"codec must be one of {sorted(CODECS)}")
+        if not 1 <= temporal_layers <= 4 or not 1 <= layers <= 8:
+            raise ValueError("temporal_layers must be 1..4 and layers 1..8")
+        if s.ndts and bool(s.switchable) != (temporal_layers > 1 or layers > 1):
+            raise ValueError("layer counts are fixed once the source has downtracks")
+        s.codec = c
+        s.switchable = 1 if (temporal_layers > 1 or layers > 1) and s.kind == KIND_VIDEO_ else 0
+        s.gop_cache = gop_cache
+
+    def set_peer_transport_cc(self, int pid, int twcc_ext_id=0, int rid_ext_id=0,
+                              double start_bps=1e6, double min_bps=5e4, double max_bps=5e7):
+        """Stamp a transport-wide seq (one-byte extension twcc_ext_id, 0 = off) on every
+        packet to this participant and estimate its downlink from its feedback; learn
+        its simulcast SSRCs from the RtpStreamId extension rid_ext_id (0 = off)."""
+        cdef Peer *p = self._peer(pid)
+        if not 0 <= twcc_ext_id <= 14 or not 0 <= rid_ext_id <= 14:
+            raise ValueError("extension ids must be 1..14 (0 = off)")
+        if twcc_ext_id and twcc_ext_id == rid_ext_id:
+            raise ValueError("twcc_ext_id and rid_ext_id must differ")
+        if not 0 < min_bps <= start_bps <= max_bps:
+            raise ValueError("need 0 < min_bps <= start_bps <= max_bps")
+        p.rid_id = rid_ext_id
+        p.tw_id = twcc_ext_id
+        if twcc_ext_id and p.bwe == NULL:
+            p.bwe = <Bwe*>calloc(1, sizeof(Bwe))
+            if p.bwe == NULL or bwe_alloc(p.bwe, start_bps, min_bps, max_bps) < 0:
+                free(p.bwe)
+                p.bwe = NULL
+                raise MemoryError("cannot allocate the bandwidth estimator")
+            p.bwe_reported = start_bps
+            self.ps[pid * N_PEER_FIELDS + P_BWE_BPS] = <int64_t>start_bps
+
+    def set_downtrack_layer(self, int did, int layer, int temporal, double now):
+        """Which spatial layer (0 = lowest, -1 = pause) and temporal layers (0..3, 3 = all)
+        this viewer should get. A spatial switch waits for a keyframe of the new layer
+        (one coalesced PLI asks for it); a temporal one happens at the next frame boundary
+        where the decoder can follow. A viewer not started yet starts from the GOP cache.
+        Returns True if a keyframe is awaited."""
+        cdef Downtrack *t = self._downtrack(did)
+        cdef Source *s = &self.sources[t.sid]
+        cdef int32_t iid
+        if not -1 <= layer <= 7 or not 0 <= temporal <= 3:
+            raise ValueError("layer must be -1..7 and temporal 0..3")
+        t.tgt_tid = temporal
+        self.ds[did * N_DT_FIELDS + D_TARGET_TEMPORAL] = temporal
+        self.ds[did * N_DT_FIELDS + D_TARGET_LAYER] = layer
+        if t.mode == DT_PINNED:
+            if not t.started and layer >= 0:
+                t.tgt_layer = layer
+                if s.kind == KIND_VIDEO_:
+                    eng_dt_replay_gop(self, did, now)
+            return False
+        t.tgt_layer = layer
+        if layer < 0 or layer == t.cur_layer:
+            return False
+        t.switch_asked = now
+        self.ds[did * N_DT_FIELDS + D_SWITCH_REQ_US] = <int64_t>(now * 1e6)
+        if t.cur_layer < 0 and t.out_top < 0:
+            eng_dt_replay_gop(self, did, now)
+        else:
+            iid = eng_layer_iid(self, s, layer)
+            if iid >= 0:
+                eng_layer_pli(self, &self.ingress[iid], now)
+                eng_flush(self)
+        return t.cur_layer != layer
+
+    def probe(self, int pid, double bps, double duration, double now):
+        """Send padding at bps for duration seconds on one of the participant's RTX SSRCs
+        so its estimator can see whether the link carries more. False if it cannot."""
+        cdef Peer *p = self._peer(pid)
+        if not (1e4 <= bps <= 1e9 and 0 < duration <= 2):
+            raise ValueError("probe needs 1e4 <= bps <= 1e9 and 0 < duration <= 2 s")
+        if p.bwe == NULL or not p.bound or eng_probe_downtrack(self, p) < 0:
+            return False
+        p.probe_bps = bps
+        p.probe_until = now + duration
+        p.probe_next = now
+        p.probe_cluster = bwe_probe_new(p.bwe, now)
+        self.n_probing += 1
+        self.next_probe = now
+        return True
+
+    def bwe(self, int pid):
+        """The participant's downlink estimate (None without transport-wide feedback)."""
+        cdef Peer *p = self._peer(pid)
+        if p.bwe == NULL:
+            return None
+        return {"estimate_bps": bwe_estimate(p.bwe), "acked_bps": bwe_acked_bps(p.bwe),
+                "loss": bwe_loss(p.bwe), "delay_state": bwe_state(p.bwe), "probes": bwe_probes(p.bwe),
+                "probe_bps": bwe_probe_bps(p.bwe),
+                "feedbacks": self.ps[pid * N_PEER_FIELDS + P_TWCC_FB],
+                "probe_packets": self.ps[pid * N_PEER_FIELDS + P_PROBE_PACKETS]}
+
+    def layer_bytes(self, int sid):
+        """Per media layer: (layer, ssrc, bytes per VP8 temporal layer 0..3, seconds since
+        its last keyframe or -1), for rate measurement by the allocator."""
+        cdef Source *s = self._source(sid)
+        cdef Ingress *g
+        cdef int i
+        out = []
+        for i in range(s.ningress):
+            g = &self.ingress[s.ingress[i]]
+            if g.role == ROLE_MEDIA:
+                out.append((g.layer, g.ssrc, [g.tid_bytes[0], g.tid_bytes[1], g.tid_bytes[2],
+                                              g.tid_bytes[3]], g.key_time))
+        return out
 
     def remove_source(self, int sid):
         cdef Source *s = self._source(sid)
@@ -513,6 +656,20 @@ cdef class Engine:
         d.out_pt = out_pt
         d.nack = 1
         d.iid = -1
+        d.cur_layer = -1
+        d.tgt_layer = -1
+        d.prev_layer = -1
+        d.cur_tid = 3
+        d.tgt_tid = 3
+        d.out_top = -1
+        d.last_pic = -1
+        d.last_tl0 = -1
+        d.drop_pic = -1
+        if s.switchable:
+            d.om = <OutEntry*>calloc(OM_VIDEO, sizeof(OutEntry))
+            if d.om == NULL:
+                raise MemoryError()
+            d.mode = DT_SWITCHED     # nothing flows until set_downtrack_layer
         s.dts[s.ndts] = did
         s.ndts += 1
         d.peer_prev = -1
@@ -542,6 +699,8 @@ cdef class Engine:
         if d.peer_next >= 0:
             self.dts[d.peer_next].peer_prev = d.peer_prev
         map_del(&self.out_map, d.out_ssrc)
+        free(d.om)
+        d.om = NULL
         d.alive = 0
         d.fec_m = 0
         eng_update_blk_m(self, d.sid)
@@ -605,7 +764,9 @@ cdef class Engine:
             eng_hist_expire(self, now)
             eng_flush(self)
             self.next_expire = now + 0.1
-        return min(self.next_rtcp, self.next_nack, self.next_expire)
+        if now >= self.next_probe:
+            self.next_probe = eng_probe_step(self, now)
+        return min(self.next_rtcp, self.next_nack, self.next_expire, self.next_probe)
 
     def send_to(self, int tid, const uint8_t[::1] data not None, str host, int port):
         cdef sockaddr_in a

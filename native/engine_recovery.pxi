@@ -220,49 +220,96 @@ cdef void eng_evict(Engine e, int32_t want) noexcept nogil:
 
 # ---- NACK responder (viewer -> node) -------------------------------------------------
 
-cdef void eng_resend(Engine e, Downtrack *t, int32_t did, Ingress *g, int32_t pos) noexcept nogil:
+cdef void eng_resend(Engine e, Downtrack *t, int32_t did, Ingress *g, int32_t pos,
+                     uint16_t out_seq, uint32_t ts_off, uint16_t pid_off,
+                     uint8_t tl0_off, double now) noexcept nogil:
+    """Answer a viewer's NACK from the history: RTX (RFC 4588: own SSRC/PT/seq, OSN before
+    the payload) or a plain resend identical to the forwarded copy."""
     cdef const uint8_t *d = e.pool + <size_t>g.h_slot[pos] * SLOT_SIZE
-    cdef Py_ssize_t n = g.h_len[pos], hs
+    cdef Py_ssize_t n = g.h_len[pos], hl, consumed = 0
     cdef RtpView v
+    cdef MediaInfo mi
     cdef uint8_t *out
-    cdef uint16_t out_seq
+    cdef Peer *p = &e.peers[t.pid]
+    cdef bint rtx = t.rtx_ssrc != 0
     if rtp_parse(d, n, &v) != RTP_OK:
         return
     if v.payload_type != g.payload_type:
-        eng_ulp_relay(e, t, did, g, d, &v, g.h_ext[pos])     # publisher's in-band FEC
+        if t.mode == DT_PINNED and not p.tw_id:
+            eng_ulp_relay(e, t, did, g, d, &v, g.h_ext[pos])     # publisher's in-band FEC
         return
-    hs = v.header_size
-    if not dt_out_seq(t, g.h_ext[pos], v.seq, &out_seq):
+    probe_codec(e.sources[g.sid].codec, d + v.header_size, v.payload_size, &mi)
+    out = eng_aux_reserve(e, t.pid, n + 32)
+    if out == NULL:
         return
-    if t.rtx_ssrc and v.payload_type == g.payload_type:
-        # RFC 4588 section 4: same header fields, own SSRC/PT/seq, OSN before the payload.
-        out = eng_aux_reserve(e, t.pid, n + 2)
-        if out == NULL:
-            return
-        out[0] = d[0]
-        out[1] = (d[1] & 0x80) | t.rtx_pt
-        wr16(out + 2, t.rtx_seq)
+    hl = dt_build_header(e, p, d, n, &v, &mi, out, n + 32,
+                         t.rtx_seq if rtx else out_seq, v.ts + ts_off,
+                         t.rtx_ssrc if rtx else t.out_ssrc, t.rtx_pt if rtx else t.out_pt,
+                         dt_rewrites_desc(e, t), pid_off, tl0_off, rtx, out_seq, -1, now,
+                         &consumed)
+    if hl < 0:
+        eng_rtcp_shrink(e, n + 32, 0)
+        e.tx_count -= 1
+        return
+    memcpy(out + hl, d + consumed, n - consumed)
+    eng_rtcp_shrink(e, n + 32, hl + n - consumed)
+    if rtx:
         t.rtx_seq += 1
-        wr32(out + 4, v.ts + t.ts_delta)
-        wr32(out + 8, t.rtx_ssrc)
-        memcpy(out + 12, d + 12, hs - 12)
-        wr16(out + hs, out_seq)
-        memcpy(out + hs + 2, d + hs, n - hs)
         e.c[C_RTX_SENT] += 1
-        e.ds[did * N_DT_FIELDS + D_RTX_BYTES] += n + 2
     else:
-        out = eng_aux_reserve(e, t.pid, n)
-        if out == NULL:
-            return
-        memcpy(out, d, n)
-        if v.payload_type == g.payload_type:
-            out[1] = (d[1] & 0x80) | t.out_pt   # else in-band FEC: keep its type
-        wr16(out + 2, out_seq)
-        wr32(out + 4, v.ts + t.ts_delta)
-        wr32(out + 8, t.out_ssrc)
         e.c[C_RESEND_SENT] += 1
-        e.ds[did * N_DT_FIELDS + D_RTX_BYTES] += n
+    e.ds[did * N_DT_FIELDS + D_RTX_BYTES] += hl + n - consumed
     e.ds[did * N_DT_FIELDS + D_RTX_SENT] += 1
+
+
+cdef inline void eng_hurry_upstream(Engine e, Ingress *g, int64_t ext, double now) noexcept nogil:
+    """A viewer still waits for a hole the node is repairing upstream: ask the publisher
+    again now rather than at the next retry."""
+    cdef int32_t pos = <int32_t>(ext & (g.h_cap - 1))
+    if (ext >= g.h_lo and ext < g.h_hi and g.h_ext[pos] == ext
+            and g.h_state[pos] == H_MISSING and g.h_tries[pos] > 0
+            and now - g.h_nack[pos] > 0.5 * eng_retry_interval(e, e.sources[g.sid].pid)):
+        g.h_due[pos] = now
+        if now < e.next_nack:
+            e.next_nack = now
+
+
+cdef bint eng_nack_switched(Engine e, Downtrack *t, int32_t did, uint16_t seq,
+                            double now) noexcept nogil:
+    """One NACKed viewer seq of a DT_SWITCHED viewer; False if it cannot be answered."""
+    cdef OutEntry *o = om_by_out(t, seq)
+    cdef int32_t iid, pos
+    cdef Ingress *g
+    cdef RtpView v
+    cdef MediaInfo mi
+    cdef const uint8_t *d
+    if o == NULL:
+        return False
+    if o.state == OM_PADDED:
+        eng_send_padding(e, t, did, False, seq, -1, now)
+        return True
+    iid = eng_layer_iid(e, &e.sources[t.sid], o.ii)
+    if iid < 0:
+        return False
+    g = &e.ingress[iid]
+    pos = <int32_t>(o.in_ext & (g.h_cap - 1))
+    if not (o.in_ext >= g.h_lo and o.in_ext < g.h_hi and g.h_ext[pos] == o.in_ext
+            and g.h_state[pos] == H_HELD):
+        eng_hurry_upstream(e, g, o.in_ext, now)
+        return False
+    if o.state == OM_RESERVED:
+        # Never sent: it may belong to a temporal layer or a layer this viewer left.
+        d = e.pool + <size_t>g.h_slot[pos] * SLOT_SIZE
+        if rtp_parse(d, g.h_len[pos], &v) != RTP_OK:
+            return False
+        probe_codec(e.sources[g.sid].codec, d + v.header_size, v.payload_size, &mi)
+        if o.ii != t.cur_layer or (mi.tid > <int8_t>t.cur_tid and not mi.key):
+            o.state = OM_PADDED
+            eng_send_padding(e, t, did, False, seq, -1, now)
+            return True
+        o.state = OM_SENT
+    eng_resend(e, t, did, g, pos, seq, o.ts_off, o.pid_off, o.tl0_off, now)
+    return True
 
 
 cdef void eng_nack_in(Engine e, int32_t did, const uint8_t *fci, Py_ssize_t count,
@@ -289,7 +336,14 @@ cdef void eng_nack_in(Engine e, int32_t did, const uint8_t *fci, Py_ssize_t coun
             if <uint16_t>(seq - <uint16_t>prev) != 1 or prev < 0:
                 runs += 1
             prev = cur
-            if not t.nack or g.h_cap == 0 or g.h_hi == 0:
+            if not t.nack:
+                continue
+            if t.mode == DT_SWITCHED:
+                if not eng_nack_switched(e, t, did, seq, now):
+                    e.c[C_RESEND_MISS] += 1
+                    e.ds[did * N_DT_FIELDS + D_RESEND_MISS] += 1
+                continue
+            if g.h_cap == 0 or g.h_hi == 0:
                 continue
             if t.ulp_k:
                 ext = eng_ulp_nacked(e, t, did, g, seq)
@@ -300,18 +354,11 @@ cdef void eng_nack_in(Engine e, int32_t did, const uint8_t *fci, Py_ssize_t coun
                 ext = hist_ext_of(g, in_seq)
             pos = <int32_t>(ext & (g.h_cap - 1))
             if ext >= g.h_lo and ext < g.h_hi and g.h_ext[pos] == ext and g.h_state[pos] == H_HELD:
-                eng_resend(e, t, did, g, pos)
+                eng_resend(e, t, did, g, pos, seq, t.ts_delta, 0, 0, now)
             else:
                 e.c[C_RESEND_MISS] += 1
                 e.ds[did * N_DT_FIELDS + D_RESEND_MISS] += 1
-                if (ext >= g.h_lo and ext < g.h_hi and g.h_ext[pos] == ext
-                        and g.h_state[pos] == H_MISSING and g.h_tries[pos] > 0
-                        and now - g.h_nack[pos] > 0.5 * eng_retry_interval(e, e.sources[g.sid].pid)):
-                    # A viewer is still waiting for a hole we are repairing upstream: ask the
-                    # publisher again now rather than at the next retry.
-                    g.h_due[pos] = now
-                    if now < e.next_nack:
-                        e.next_nack = now
+                eng_hurry_upstream(e, g, ext, now)
     e.ds[did * N_DT_FIELDS + D_NACK_SEQS] += nseqs
     e.ds[did * N_DT_FIELDS + D_NACK_RUNS] += runs
 
@@ -664,6 +711,23 @@ cdef void eng_fec_block_step(Engine e, int32_t iid, int64_t ext, double now) noe
         g.blk_base = ext + 1
 
 
+cdef inline bint dt_block_map(const Downtrack *t, const Ingress *g, int k, uint16_t *out_base,
+                              uint32_t *ts_off) noexcept nogil:
+    """Where source block [blk_base, +k) lies in the viewer's seqs, if it got it as one
+    unchanged run (same layer, no temporal drops inside, payload not rewritten)."""
+    if t.cur_layer != g.layer:
+        return False
+    if t.mode == DT_PINNED:
+        out_base[0] = <uint16_t>(<uint16_t>g.blk_base + t.seq_delta)
+        ts_off[0] = t.ts_delta
+        return True
+    if t.pid_off or t.tl0_off or g.blk_base < t.seg_in or g.blk_base + k - 1 > t.last_in:
+        return False
+    out_base[0] = <uint16_t>(g.blk_base + (t.out_top - t.last_in))
+    ts_off[0] = t.ts_off
+    return True
+
+
 cdef void eng_fec_block_close(Engine e, int32_t iid, double now) noexcept nogil:
     cdef Ingress *g = &e.ingress[iid]
     cdef Source *s = &e.sources[g.sid]
@@ -679,6 +743,8 @@ cdef void eng_fec_block_close(Engine e, int32_t iid, double now) noexcept nogil:
     cdef Downtrack *t
     cdef uint8_t *out
     cdef Py_ssize_t size
+    cdef uint16_t out_base
+    cdef uint32_t ts_off
     for i in range(k):
         ext = g.blk_base + i
         pos = <int32_t>(ext & (g.h_cap - 1))
@@ -706,7 +772,8 @@ cdef void eng_fec_block_close(Engine e, int32_t iid, double now) noexcept nogil:
     for x in range(s.ndts):
         did = s.dts[x]
         t = &e.dts[did]
-        if t.fec_m == 0 or not t.started or t.iid != iid or not e.peers[t.pid].bound:
+        if (t.fec_m == 0 or not t.started or not e.peers[t.pid].bound or e.peers[t.pid].tw_id
+                or not dt_block_map(t, g, k, &out_base, &ts_off)):
             continue
         for j in range(t.fec_m if t.fec_m <= rows else rows):
             out = eng_aux_reserve(e, t.pid, size)
@@ -716,15 +783,15 @@ cdef void eng_fec_block_close(Engine e, int32_t iid, double now) noexcept nogil:
             out[1] = t.fec_pt
             wr16(out + 2, t.fec_seq)
             t.fec_seq += 1
-            wr32(out + 4, base_ts + t.ts_delta)
+            wr32(out + 4, base_ts + ts_off)
             wr32(out + 8, t.fec_ssrc)
             out[12] = 0x40
             out[13] = <uint8_t>k
             out[14] = t.fec_m if t.fec_m <= rows else rows
             out[15] = <uint8_t>j
-            wr16(out + 16, <uint16_t>(<uint16_t>g.blk_base + t.seq_delta))
+            wr16(out + 16, out_base)
             wr16(out + 18, <uint16_t>L)
-            wr32(out + 20, base_ts + t.ts_delta)
+            wr32(out + 20, base_ts + ts_off)
             wr32(out + 24, t.out_ssrc)
             wr32(out + 28, <uint32_t>(mask >> 32))
             wr32(out + 32, <uint32_t>mask)

@@ -76,6 +76,8 @@ cdef void eng_rtcp_in(Engine e, int32_t pid, const uint8_t *d, Py_ssize_t n,
             if iid >= 0:
                 e.ingress[iid].sr_ntp_mid = rd32(p + 10)
                 e.ingress[iid].sr_time = now
+                e.ingress[iid].sr_ntp = (<uint64_t>rd32(p + 8) << 32) | rd32(p + 12)
+                e.ingress[iid].sr_rtp = rd32(p + 16)
             else:
                 e.c[C_RTCP_FOREIGN_SSRC] += 1
             for i in range(rc):
@@ -119,6 +121,7 @@ cdef void eng_rtcp_in(Engine e, int32_t pid, const uint8_t *d, Py_ssize_t n,
                     e.c[C_RTCP_FOREIGN_SSRC] += 1
             elif rc == FMT_TWCC:
                 e.c[C_TWCC_IN] += 1
+                eng_twcc_in(e, pid, p + 12, body - 12, now)
             else:
                 e.c[C_RTCP_UNKNOWN] += 1
         elif pt != RTCP_SDES and pt != RTCP_APP:
@@ -130,8 +133,20 @@ cdef void eng_keyframe_for(Engine e, int32_t pid, uint32_t out_ssrc, double now)
     if did < 0:
         e.c[C_RTCP_FOREIGN_SSRC] += 1
         return
+    cdef Downtrack *t = &e.dts[did]
+    cdef Source *s = &e.sources[t.sid]
+    cdef int32_t iid
     e.ds[did * N_DT_FIELDS + D_PLI_IN] += 1
-    eng_request_keyframe(e, e.dts[did].sid, now, pid)
+    if not s.switchable:
+        eng_request_keyframe(e, t.sid, now, pid)
+        return
+    # Only the layer(s) this viewer decodes: a keyframe costs the other layers' viewers.
+    iid = eng_layer_iid(e, s, t.cur_layer if t.cur_layer >= 0 else t.tgt_layer)
+    if iid >= 0 and eng_layer_pli(e, &e.ingress[iid], now):
+        eng_push_event(e, EV_PLI_, t.sid, e.ingress[iid].ssrc, pid)
+    elif iid >= 0:
+        e.c[C_PLI_COALESCED] += 1
+        e.ss[t.sid * N_SRC_FIELDS + S_PLI_COALESCED] += 1
 
 
 cdef int eng_request_keyframe(Engine e, int32_t sid, double now, int32_t requester) noexcept nogil:
@@ -151,6 +166,7 @@ cdef int eng_request_keyframe(Engine e, int32_t sid, double now, int32_t request
         g = &e.ingress[s.ingress[i]]
         if not g.is_rtx:
             build_pli_into(out + 12 * k, e.node_ssrc, g.ssrc)
+            g.last_pli = now
             k += 1
     eng_rtcp_shrink(e, 12 * s.ningress, 12 * k)
     s.last_pli = now

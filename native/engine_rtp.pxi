@@ -21,6 +21,8 @@ cdef int eng_new_ingress(Engine e, int sid, uint32_t ssrc, int pt, int is_rtx,
     e.ingress[iid].ulp_in_pt = ANY_PT
     e.ingress[iid].fec_iid = -1
     e.ingress[iid].layer = layer
+    e.ingress[iid].key_ext = -1
+    e.ingress[iid].last_pli = -1e18
     s.ingress[s.ningress] = iid
     s.ningress += 1
     map_put(&e.ssrc_map, ssrc, iid)
@@ -223,6 +225,8 @@ cdef void eng_rtp_in(Engine e, int32_t pid, int32_t slot, const uint8_t *d, Py_s
     iid = map_get(&e.ssrc_map, v.ssrc)
     if iid < 0:
         e.c[C_DROP_UNKNOWN_SSRC] += 1
+        if e.peers[pid].rid_id:
+            eng_rid_in(e, pid, d, &v, now)
         return
     g = &e.ingress[iid]
     if e.sources[g.sid].pid != pid:
@@ -251,6 +255,7 @@ cdef void eng_media_in(Engine e, int32_t iid, int32_t slot, const uint8_t *d, Py
     cdef int put = PUT_OLD
     cdef int64_t ext = 0
     cdef RtpView v
+    cdef MediaInfo mi
     rtp_parse(d, n, &v)     # already validated by the caller
     if how == HOW_DIRECT:
         # RR describes the raw link; RFC 3550 A.3 counts duplicates as received.
@@ -281,6 +286,15 @@ cdef void eng_media_in(Engine e, int32_t iid, int32_t slot, const uint8_t *d, Py
         return      # a repair for a hole we no longer track: nobody is waiting for it
     if put == PUT_OLD:
         ext = hist_ext_of(g, v.seq)
+    probe_codec(s.codec, d + v.header_size, v.payload_size, &mi)
+    if v.payload_type == g.payload_type:
+        if how == HOW_DIRECT:
+            g.tid_bytes[mi.tid if mi.tid > 0 else 0] += n
+        if mi.key and mi.start and s.kind == KIND_VIDEO_ and ext > g.key_ext and (
+                put == PUT_NEW or put == PUT_FILLED or put == PUT_EARLY):
+            g.key_ext = ext         # the GOP cache starts here
+            g.key_time = now
+            e.c[C_KEYFRAMES_IN] += 1
     if v.payload_type != g.payload_type:
         # Publisher's in-band ULPFEC: repair with it first, then relay it re-encoded.
         e.c[C_FEC_IN] += 1
@@ -288,7 +302,7 @@ cdef void eng_media_in(Engine e, int32_t iid, int32_t slot, const uint8_t *d, Py
         eng_ulp_in(e, iid, d, n, &v, now)
     for i in range(s.ndts):
         did = s.dts[i]
-        eng_forward(e, &e.dts[did], did, slot, d, n, &v, now, iid, put == PUT_NEW, ext)
+        eng_forward(e, &e.dts[did], did, slot, d, n, &v, &mi, now, iid, put == PUT_NEW, ext)
     if put == PUT_NEW and g.blk_m and v.payload_type == g.payload_type:
         eng_fec_block_step(e, iid, ext, now)
 
@@ -305,79 +319,6 @@ cdef inline bint dt_out_seq(const Downtrack *t, int64_t ext, uint16_t seq,
         return False
     out[0] = <uint16_t>(t.ulp_out0 + i + i // t.ulp_k)
     return True
-
-
-cdef inline void eng_forward(Engine e, Downtrack *t, int32_t did, int32_t slot, const uint8_t *d,
-                             Py_ssize_t n, const RtpView *v, double now, int32_t iid,
-                             bint fresh, int64_t ext) noexcept nogil:
-    cdef Peer *p = &e.peers[t.pid]
-    cdef Ingress *g = &e.ingress[iid]
-    cdef uint8_t *h
-    cdef int k
-    cdef uint32_t out_ts
-    cdef uint16_t out_seq
-    cdef uint8_t pt = t.out_pt
-    if not p.bound:
-        return
-    if v.payload_type != g.payload_type:
-        # The publisher's in-band ULPFEC: re-encoded for this viewer, or none for a viewer
-        # that gets the node's own ULPFEC (its seq space has no room for the publisher's).
-        if not t.ulp_k and t.started:
-            if eng_ulp_relay(e, t, did, g, d, v, ext):
-                t.iid = iid
-        return
-    if e.tx_count == EGRESS_MAX or (e.tx_tid != p.tid and e.tx_count):
-        eng_flush(e)
-    if not t.started:
-        if not fresh:
-            return
-        t.started = 1
-        t.seq_delta = <uint16_t>(e._rand32() - v.seq)
-        t.ts_delta = e._rand32() - v.ts
-    if t.ulp_k and not t.ulp_started:
-        if not fresh:
-            return
-        t.ulp_started = 1
-        t.ulp_origin = ext
-        t.ulp_out0 = <uint16_t>e._rand32()
-        t.ulp_block = 0
-        t.ulp_top = 0
-    t.iid = iid
-    if not dt_out_seq(t, ext, v.seq, &out_seq):
-        return
-    out_ts = v.ts + t.ts_delta
-    if fresh:
-        t.last_out_ts = out_ts
-        t.last_out_time = now
-    t.sr_packets += 1
-    t.sr_octets += v.payload_size
-    k = e.tx_count
-    h = e.tx_fixed + 12 * k
-    # Only the fixed header changes; CSRCs, extensions and payload go out of the slot.
-    h[0] = d[0]
-    h[1] = (d[1] & 0x80) | pt
-    wr16(h + 2, out_seq)
-    wr32(h + 4, out_ts)
-    wr32(h + 8, t.out_ssrc)
-    e.tx_iov[2 * k].iov_base = h
-    e.tx_iov[2 * k].iov_len = 12
-    e.tx_iov[2 * k + 1].iov_base = <void*>(d + 12)
-    e.tx_iov[2 * k + 1].iov_len = n - 12
-    e.tx_hdrs[k].msg_hdr.msg_name = &p.addr
-    e.tx_hdrs[k].msg_hdr.msg_namelen = sizeof(sockaddr_in)
-    e.tx_hdrs[k].msg_hdr.msg_iov = &e.tx_iov[2 * k]
-    e.tx_hdrs[k].msg_hdr.msg_iovlen = 2
-    e.tx_hdrs[k].msg_hdr.msg_control = NULL
-    e.tx_hdrs[k].msg_hdr.msg_controllen = 0
-    e.tx_hdrs[k].msg_hdr.msg_flags = 0
-    e.tx_pid[k] = t.pid
-    e.tx_tid = p.tid
-    e.tx_count = k + 1
-    e.ds[did * N_DT_FIELDS + D_PACKETS] += 1
-    e.ds[did * N_DT_FIELDS + D_BYTES] += n
-    e.c[C_FORWARDED] += 1
-    if t.ulp_k and fresh:
-        eng_ulp_step(e, t, did, g, ext - t.ulp_origin)
 
 
 cdef inline uint8_t *eng_rtcp_reserve(Engine e, int32_t pid, Py_ssize_t size) noexcept nogil:
@@ -459,3 +400,21 @@ cdef inline void eng_release_deferred(Engine e) noexcept nogil:
     for k in range(e.n_deferred):
         eng_release(e, e.deferred[k])
     e.n_deferred = 0
+
+
+cdef void eng_rid_in(Engine e, int32_t pid, const uint8_t *d, const RtpView *v,
+                     double now) noexcept nogil:
+    """An undeclared SSRC with an RtpStreamId (RFC 8852): tell Python, which owns the
+    track's layer list, once per SSRC per 200 ms."""
+    cdef Peer *p = &e.peers[pid]
+    cdef Py_ssize_t off = 0, ln = 0, i
+    cdef int64_t rid = 0
+    if rtp_ext_find(d, v, p.rid_id, &off, &ln) != 1 or ln < 1 or ln > 8:
+        return
+    if v.ssrc == p.rid_last_ssrc and now - p.rid_last_time < 0.2:
+        return
+    p.rid_last_ssrc = v.ssrc
+    p.rid_last_time = now
+    for i in range(ln):
+        rid = (rid << 8) | d[off + i]
+    eng_push_event(e, EV_RID_, pid, v.ssrc, rid)

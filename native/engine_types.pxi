@@ -13,12 +13,28 @@ cdef enum:
     EV_BYE_ = 3
     EV_RR_ = 4
     EV_OVERFLOW_ = 5
+    EV_LAYER_ = 6
+    EV_BWE_ = 7
+    EV_RID_ = 8
 
 EV_STUN = 1
 EV_PLI = 2
 EV_BYE = 3
 EV_RR = 4
 EV_OVERFLOW = 5
+EV_LAYER = 6
+EV_BWE = 7
+EV_RID = 8
+
+cdef enum:
+    DT_PINNED = 0            # constant-delta rewrite: one layer, every packet (and ULPFEC viewers)
+    DT_SWITCHED = 1          # simulcast/temporal: one layer at a time, seq map in a ring
+    OM_FREE = 0
+    OM_SENT = 1
+    OM_RESERVED = 2          # a hole in the layer's seqs: its viewer seq is kept for the repair
+    OM_PADDED = 3            # the repair arrived but the viewer must not get it: padding instead
+    OM_VIDEO = 1024          # ring entries (viewer seqs remembered) per switched downtrack
+    PAD_BYTES = 240          # padding per probe packet (RTP padding count is one byte)
 
 # Global counters. Every received datagram ends in exactly one of rx_rtp, rx_rtcp,
 # rx_stun or an ingress drop_* reason (accounting invariant checked by tests).
@@ -33,6 +49,8 @@ COUNTER_NAMES = (
     "recv_batches", "recv_errors", "drop_event_queue", "recv_no_slot", "drop_stun_rate",
     "drop_duplicate", "rtx_in", "fec_in", "nack_sent", "rtx_sent", "resend_sent", "resend_miss",
     "fec_sent", "recovered_rtx", "recovered_fec", "unrecovered", "hist_evicted",
+    "layer_switches", "keyframes_in", "twcc_stamped", "twcc_unstamped", "twcc_fb_malformed",
+    "padding_sent", "gop_sent", "rid_learned",
 )
 
 cdef enum:
@@ -84,6 +102,14 @@ cdef enum:
     C_RECOVERED_FEC
     C_UNRECOVERED
     C_HIST_EVICTED
+    C_LAYER_SWITCHES
+    C_KEYFRAMES_IN
+    C_TWCC_STAMPED
+    C_TWCC_UNSTAMPED
+    C_TWCC_FB_MALFORMED
+    C_PADDING_SENT
+    C_GOP_SENT
+    C_RID_LEARNED
     N_COUNTERS
 
 # lost: RFC 3550 cumulative loss on the uplink before recovery; missing: holes seen;
@@ -116,7 +142,9 @@ cdef enum:
 DOWNTRACK_FIELDS = ("packets", "bytes", "rr_count", "rr_fraction_lost", "rr_cumulative_lost",
                     "rr_jitter", "rr_highest_seq", "rtt_us", "pli_in", "nack_in", "remb_bps",
                     "sr_sent", "nack_seqs", "nack_runs", "rtx_sent", "rtx_bytes", "resend_miss",
-                    "fec_sent", "fec_bytes", "fec_k", "fec_m")
+                    "fec_sent", "fec_bytes", "fec_k", "fec_m", "layer", "target_layer",
+                    "temporal", "target_temporal", "switches", "dropped_temporal", "padding_sent",
+                    "gop_sent", "switch_requested_us")
 cdef enum:
     D_PACKETS = 0
     D_BYTES
@@ -139,10 +167,20 @@ cdef enum:
     D_FEC_BYTES
     D_FEC_K
     D_FEC_M
+    D_LAYER
+    D_TARGET_LAYER
+    D_TEMPORAL
+    D_TARGET_TEMPORAL
+    D_SWITCHES
+    D_DROPPED_TEMPORAL
+    D_PADDING_SENT
+    D_GOP_SENT
+    D_SWITCH_REQ_US
     N_DT_FIELDS
 
 PEER_FIELDS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "drop_ssrc_not_owned",
-               "drop_malformed", "moves")
+               "drop_malformed", "moves", "bwe_bps", "acked_bps", "twcc_fb", "probe_packets",
+               "bwe_loss_ppm", "bwe_state")
 cdef enum:
     P_RX_PACKETS = 0
     P_RX_BYTES
@@ -151,7 +189,23 @@ cdef enum:
     P_DROP_NOT_OWNED
     P_DROP_MALFORMED
     P_MOVES
+    P_BWE_BPS
+    P_ACKED_BPS
+    P_TWCC_FB
+    P_PROBE_PACKETS
+    P_BWE_LOSS_PPM
+    P_BWE_STATE
     N_PEER_FIELDS
+
+
+cdef struct OutEntry:
+    int64_t in_ext
+    int64_t out_ext
+    uint32_t ts_off
+    uint16_t pid_off
+    uint8_t tl0_off
+    uint8_t ii               # layer
+    uint8_t state
 
 
 cdef struct Peer:
@@ -163,6 +217,18 @@ cdef struct Peer:
     int32_t nsources         # sources it publishes
     double rtt               # uplink RTT (s) from SR/RR or NACK->RTX; 0 = unknown
     int32_t first_dt         # head of its downtracks' list (-1 = none), so leaving is O(own)
+    # Transport-wide congestion control toward this participant (engine_layers.pxi).
+    uint8_t tw_id            # one-byte extension id stamped on everything sent to it (0 = off)
+    uint8_t rid_id           # RtpStreamId extension id of its simulcast packets (0 = none)
+    Bwe *bwe
+    double bwe_reported      # estimate in the last EV_BWE
+    double bwe_report_time
+    double probe_bps         # padding probe in progress: rate, end, next packet, cluster
+    double probe_until
+    double probe_next
+    int32_t probe_cluster
+    uint32_t rid_last_ssrc   # RID events are not repeated for the same unknown SSRC
+    double rid_last_time
 
 
 cdef struct Ingress:
@@ -172,6 +238,14 @@ cdef struct Ingress:
     uint8_t payload_type
     uint8_t is_rtx
     uint8_t layer
+    # Codec state: the latest keyframe start (GOP cache: a new viewer starts there),
+    # bytes per VP8 temporal layer (allocation), last PLI asked for this SSRC.
+    int64_t key_ext
+    double key_time
+    double last_pli
+    int64_t tid_bytes[4]
+    uint64_t sr_ntp          # the last SR: NTP time and RTP timestamp (aligns layers)
+    uint32_t sr_rtp
     # State (RFC 3550 A.1/A.3/A.8 receive statistics).
     uint8_t alive
     uint8_t started
@@ -230,7 +304,10 @@ cdef struct Source:
     # Others.
     uint8_t alive
     int32_t ningress
-    int32_t ingress[8]
+    int32_t ingress[12]
+    uint8_t codec            # CODEC_* (keyframe and temporal-layer probes)
+    uint8_t switchable       # several layers or temporal layers: viewers use DT_SWITCHED
+    uint8_t gop_cache        # start new viewers at the latest keyframe still held
     double last_pli
     uint8_t nack             # NACK the publisher for holes
     uint8_t inband_fec       # the publisher sends in-band ULPFEC (its holes may be FEC)
@@ -275,3 +352,23 @@ cdef struct Downtrack:
     int64_t ulp_origin       # extended seq of media index 0
     int64_t ulp_block        # next block to close
     int64_t ulp_top          # highest media index forwarded
+    # Layer selection (engine_layers.pxi). Layers are indexes into the source's ingress[].
+    uint8_t mode             # DT_PINNED or DT_SWITCHED
+    int8_t cur_layer         # layer forwarded now (-1 = none yet, or paused)
+    int8_t tgt_layer         # layer wanted (-1 = paused; DT_PINNED: -1 = the first one seen)
+    int8_t prev_layer        # layer before the last switch (its late repairs become padding)
+    uint8_t cur_tid          # highest temporal layer forwarded now (3 = all)
+    uint8_t tgt_tid
+    int64_t last_in          # highest extended seq of cur_ii handled
+    int64_t prev_last_in
+    int64_t seg_in           # first ext seq of the current constant-offset run (FEC needs one)
+    int64_t out_top          # highest viewer seq (extended) given out
+    uint32_t ts_off          # out ts = in ts + ts_off for cur_ii
+    uint16_t pid_off         # VP8 PictureID / TL0PICIDX offsets for cur_ii
+    uint8_t tl0_off
+    int32_t last_pic         # last PictureID / TL0PICIDX sent (-1 = none)
+    int16_t last_tl0
+    int32_t drop_pic         # PictureID of the last frame dropped (compacted once)
+    OutEntry *om             # viewer seq -> (layer, ext seq, offsets), DT_SWITCHED only
+    double switch_asked
+    int32_t switches

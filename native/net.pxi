@@ -1,6 +1,6 @@
 # Socket externs: recvmmsg/sendmmsg and IPv4 addresses. Python.h defines _GNU_SOURCE,
 # which glibc needs to declare the *mmsg calls.
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int8_t, int16_t, int32_t, int64_t
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.errno cimport errno, EAGAIN, EINTR

@@ -20,6 +20,9 @@ EV_PLI: int  # (EV_PLI, sid, publisher_ssrc, requester_pid)  keyframe request se
 EV_BYE: int  # (EV_BYE, pid, ssrc)  RTCP BYE from a bound peer for an SSRC it owns
 EV_RR: int  # (EV_RR, did, fraction_lost_256, cumulative_lost, jitter)  viewer receiver report
 EV_OVERFLOW: int  # (EV_OVERFLOW, dropped_events, 0, 0)  ring was full
+EV_LAYER: int  # (EV_LAYER, did, layer (-1 = paused), temporal)  a viewer's layer switched
+EV_BWE: int  # (EV_BWE, pid, estimate_bps, acked_bps)  a viewer's estimate moved (>5 %/0.5 s)
+EV_RID: int  # (EV_RID, pid, ssrc, rid as big-endian ASCII in an int)  undeclared SSRC with RID
 
 # Names of the columns of the counter arrays, index-aligned.
 COUNTER_NAMES: tuple[str, ...]
@@ -89,6 +92,31 @@ class Engine:
         fec_m SFU-RS parity packets (0..16) per source block on fec_ssrc, and in-band ULPFEC
         (one packet per ulpfec_k media packets, in the media seq space; fixed once the viewer
         got its first packet, ValueError after)."""
+    def set_source_media(self, sid: int, codec: str = "other", temporal_layers: int = 1,
+                         layers: int = 1, gop_cache: bool = True) -> None:
+        """codec: vp8 | h264 | opus | other (keyframe / temporal-layer probes). More than one
+        spatial or temporal layer makes its viewers switch layers (DT_SWITCHED: seq map,
+        PictureID rewrite); fixed once it has downtracks. gop_cache: new viewers start at the
+        latest held keyframe."""
+    def set_peer_transport_cc(self, pid: int, twcc_ext_id: int = 0, rid_ext_id: int = 0,
+                              start_bps: float = 1e6, min_bps: float = 5e4,
+                              max_bps: float = 5e7) -> None:
+        """Stamp a transport-wide seq (one-byte extension id, 0 = off) on every packet to
+        pid and run the GCC estimator on its transport-cc feedback; learn its simulcast
+        SSRCs from the RtpStreamId extension rid_ext_id (EV_RID)."""
+    def set_downtrack_layer(self, did: int, layer: int, temporal: int, now: float) -> bool:
+        """Target spatial layer (-1 = pause) and temporal layers (0..3) of a viewer. Spatial
+        switches wait for a keyframe of the target (one coalesced PLI); a viewer not started
+        yet starts from the GOP cache. True if a keyframe is awaited."""
+    def probe(self, pid: int, bps: float, duration: float, now: float) -> bool:
+        """Padding at bps for duration (≤ 2 s) on one of pid's RTX SSRCs, tagged as a probe
+        cluster for its estimator. False without TWCC, an RTX SSRC or an address."""
+    def bwe(self, pid: int) -> dict[str, float] | None:
+        """estimate_bps, acked_bps, loss, delay_state (0 normal, 1 over, 2 under), probes,
+        probe_bps, feedbacks, probe_packets; None without TWCC."""
+    def layer_bytes(self, sid: int) -> list[tuple[int, int, list[int], float]]:
+        """Per media layer: (layer, ssrc, cumulative bytes per VP8 TID 0..3, time of its
+        last keyframe (0 = none))."""
     def remove_source(self, sid: int) -> None:
         """Frees the source, its SSRCs and its downtracks."""
     def add_downtrack(self, sid: int, pid: int, out_ssrc: int, out_pt: int) -> int:
@@ -141,6 +169,49 @@ def build_remb(sender_ssrc: int, bitrate: int, ssrcs: list[int]) -> bytes: ...
 def build_twcc(sender_ssrc: int, media_ssrc: int, base_seq: int, ref_time: int,
                fb_count: int, deltas: list[int | None]) -> bytes:
     """deltas: per packet from base_seq, receive delta in 250 µs units or None (lost)."""
+
+def probe_media(codec: str, payload: bytes) -> dict[str, object]:
+    """The node's codec probe of one RTP payload: key, start, desc_len, sync, tid,
+    tl0picidx, picture_id, picture_id_bits (VP8 descriptor; H.264 IDR/SPS)."""
+
+# -- GCC send-side bandwidth estimator (native/bwe.pxi; the engine embeds one per viewer).
+#    Test wrapper: sizes in bytes, times in seconds, rates in bit/s --
+class GccEstimator:
+    def __init__(self, start_bps: float = 1e6, min_bps: float = 5e4,
+                 max_bps: float = 5e7) -> None: ...
+    def sent(self, size: int, now: float, probe: int = -1) -> int:
+        """Record a packet leaving now; returns the 16-bit transport-wide seq to stamp."""
+    def feedback(self, fci: bytes, now: float, rtt: float = 0.05) -> bool:
+        """transport-cc FCI (after the 12-byte RTPFB header); False if malformed."""
+    def new_probe(self, now: float) -> int: ...
+    @property
+    def estimate(self) -> float: ...
+    @property
+    def delay_bps(self) -> float: ...
+    @property
+    def loss_bps(self) -> float: ...
+    @property
+    def acked_bps(self) -> float: ...
+    @property
+    def loss(self) -> float: ...
+    @property
+    def state(self) -> int: ...  # 0 normal, 1 overusing, 2 underusing
+    @property
+    def slope(self) -> float: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def probes(self) -> int: ...
+    @property
+    def probe_bps(self) -> float: ...
+    @property
+    def malformed(self) -> int: ...
+    @property
+    def feedbacks(self) -> int: ...
+    @property
+    def packets_acked(self) -> int: ...
+    @property
+    def packets_lost(self) -> int: ...
 
 class UdpReader:
     """Native ``loop.add_reader`` callback: ``engine.on_readable(tid, time.monotonic())``

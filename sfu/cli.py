@@ -45,6 +45,9 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--secret", default=os.environ.get(SECRET_ENV), metavar="S",
                        help=f"shared secret for --control-tcp (default: ${SECRET_ENV})")
     serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    serve.add_argument("--no-gop-cache", action="store_true",
+                       help="start new viewers with a keyframe request instead of the "
+                            "latest held keyframe (for measuring the difference)")
 
     ctl = sub.add_parser("ctl", help="send one control request and print the result")
     ctl.add_argument("method", metavar="METHOD", help="e.g. node.info, room.create")
@@ -89,7 +92,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = NodeConfig(udp_host=args.udp[0], udp_port=args.udp[1],
                             control_path=args.control, control_tcp=args.control_tcp,
-                            secret=args.secret, log_level=args.log_level)
+                            secret=args.secret, log_level=args.log_level,
+                            gop_cache=not args.no_gop_cache)
     except (SfuError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
     return serve(config)

@@ -29,6 +29,7 @@ class NodeConfig:
     max_rooms: int = 1000
     max_participants_per_room: int = 10000
     advertised_host: str | None = None
+    gop_cache: bool = True  # start new viewers at the latest keyframe held (no PLI round)
 
     def __post_init__(self) -> None:
         if not 0 <= self.udp_port <= 65535:

@@ -14,10 +14,12 @@ from typing import Any
 
 from sfu import __version__, _native
 from sfu.config import NodeConfig
-from sfu.errors import BadRequest
+from sfu.errors import BadRequest, NotFound
 from sfu.events import EventBus
 from sfu.recovery_loop import RecoveryController
 from sfu.rooms import FEC_MODES, KINDS, ROLES, Layer, RecoveryRequest, RoomManager
+from sfu.simulcast import Preferences
+from sfu.simulcast_loop import SimulcastController
 from sfu.stats import StatsView
 from sfu.transports.udp import UdpTransport
 
@@ -100,14 +102,18 @@ def _layers(params: Params) -> list[Layer]:
         if not isinstance(item, dict):
             raise BadRequest(f"field {where!r} must be a map with rid, ssrc, rtx_ssrc?, "
                              "fec_ssrc?")
-        _check_keys(item, ("rid", "ssrc", "rtx_ssrc", "fec_ssrc"), where)
+        _check_keys(item, ("rid", "ssrc", "rtx_ssrc", "fec_ssrc", "width", "height",
+                           "max_bitrate"), where)
         rid = item.get("rid", "")
-        if not isinstance(rid, str) or len(rid) > 16:
-            raise BadRequest(f"field '{where}.rid' must be a string of ≤16 characters")
+        if not isinstance(rid, str) or len(rid) > 8 or not rid.isascii():
+            raise BadRequest(f"field '{where}.rid' must be an ASCII string of ≤8 characters")
         try:
-            ssrc = _req_int(item, "ssrc", 1, 0xFFFFFFFF)
+            ssrc = _int(item, "ssrc", 1, 0xFFFFFFFF, optional=True)
             rtx = _int(item, "rtx_ssrc", 1, 0xFFFFFFFF, optional=True)
             fec = _int(item, "fec_ssrc", 1, 0xFFFFFFFF, optional=True)
+            width = _int(item, "width", 1, 16384, optional=True)
+            height = _int(item, "height", 1, 16384, optional=True)
+            max_bitrate = _int(item, "max_bitrate", 1000, 1_000_000_000, optional=True)
         except BadRequest as exc:
             raise BadRequest(f"{where}: {exc}") from None
         for s in (ssrc, rtx, fec):
@@ -117,8 +123,36 @@ def _layers(params: Params) -> list[Layer]:
                 seen.add(s)
         if any(lay.rid == rid for lay in layers):
             raise BadRequest(f"field '{where}.rid' repeats rid {rid!r}")
-        layers.append(Layer(rid, ssrc, rtx, fec))
+        if ssrc is None and (not rid or rtx or fec):
+            raise BadRequest(f"field '{where}' needs an ssrc, or a rid (learned from the "
+                             "RtpStreamId extension) and no rtx_ssrc/fec_ssrc")
+        layers.append(Layer(rid, ssrc or 0, rtx, fec, width, height, max_bitrate))
     return layers
+
+
+def _prefs(raw: object, layers: list[Layer], base: Preferences | None = None) -> Preferences:
+    """track.subscribe `preferences` / track.set_preferences fields -> Preferences."""
+    if not isinstance(raw, dict):
+        raise BadRequest("field 'preferences' must be a map with max_layer?, max_height?, "
+                         "max_temporal?, paused?")
+    _check_keys(raw, ("max_layer", "max_height", "max_temporal", "paused"), "preferences")
+    cur = base or Preferences()
+    max_layer = cur.max_layer
+    if "max_layer" in raw:
+        rid = raw["max_layer"]
+        rids = [lay.rid for lay in layers]
+        if rid is not None and rid not in rids:
+            raise BadRequest(f"field 'max_layer' must be one of the track's rids "
+                             f"{', '.join(rids)} (or null), got {rid!r:.40}")
+        max_layer = None if rid is None else rids.index(rid)
+    max_height = _int(raw, "max_height", 1, 16384, optional=True) if "max_height" in raw \
+        else cur.max_height
+    max_temporal = _int(raw, "max_temporal", 0, 3, optional=True) if "max_temporal" in raw \
+        else cur.max_temporal
+    paused = raw.get("paused", cur.paused)
+    if not isinstance(paused, bool):
+        raise BadRequest("field 'paused' must be true or false")
+    return Preferences(max_layer, max_height, max_temporal, paused)
 
 
 def _payload_type(params: Params, name: str) -> int | None:
@@ -158,6 +192,8 @@ class Node:
                                      node_ssrc=self.node_ssrc)
         self.udp: UdpTransport | None = None
         self.recovery: RecoveryController | None = None
+        self.simulcast: SimulcastController | None = None
+        self._simulcast_timer: asyncio.TimerHandle | None = None
         self._rooms: RoomManager | None = None
         self._stats: StatsView | None = None
         self.started = time.time()
@@ -174,6 +210,7 @@ class Node:
             "track.unpublish": self._track_unpublish,
             "track.subscribe": self._track_subscribe,
             "track.unsubscribe": self._track_unsubscribe,
+            "track.set_preferences": self._track_set_preferences,
             "stats.get": self._stats_get,
         }
 
@@ -187,10 +224,29 @@ class Node:
                                   max_participants_per_room=self.config.max_participants_per_room)
         self.recovery = RecoveryController(self.engine, self._rooms)
         self.udp.on_receiver_report = self.recovery.on_receiver_report
+        self.simulcast = SimulcastController(self.engine, self._rooms)
+        self.udp.handlers = {_native.EV_LAYER: self.simulcast.on_layer,
+                             _native.EV_BWE: self.simulcast.on_bwe,
+                             _native.EV_RID: self.simulcast.on_rid,
+                             _native.EV_RR: lambda did, _a, _b: self._on_rr(did)}
         self.udp.start(self._rooms)
-        self._stats = StatsView(self.engine, self.udp, self.recovery)
+        self._simulcast_tick()
+        self._stats = StatsView(self.engine, self.udp, self.recovery, self.simulcast)
+
+    def _on_rr(self, did: int) -> None:
+        if self.simulcast is not None:
+            self.simulcast.on_receiver_report(did)
+
+    def _simulcast_tick(self) -> None:
+        if self.simulcast is not None and self.udp is not None:
+            self.simulcast.tick()
+            self._simulcast_timer = asyncio.get_running_loop().call_later(
+                0.5, self._simulcast_tick)
 
     def close(self) -> None:
+        if self._simulcast_timer is not None:
+            self._simulcast_timer.cancel()
+            self._simulcast_timer = None
         if self._rooms is not None:
             for room_id in list(self._rooms.rooms):
                 self._rooms.close_room(room_id)
@@ -278,13 +334,18 @@ class Node:
         return self.rooms.snapshot(_id(params, "room"))
 
     async def _participant_join(self, params: Params) -> dict[str, Any]:
-        _check_keys(params, ("room", "participant", "role"))
+        _check_keys(params, ("room", "participant", "role", "twcc_ext_id", "rid_ext_id"))
         room, participant = _id(params, "room"), _id(params, "participant")
         role = _enum(params, "role", ROLES)
-        p = self.rooms.join(room, participant, role)
+        twcc = _int(params, "twcc_ext_id", 1, 14, optional=True)
+        rid = _int(params, "rid_ext_id", 1, 14, optional=True)
+        if twcc is not None and twcc == rid:
+            raise BadRequest("fields 'twcc_ext_id' and 'rid_ext_id' must differ")
+        p = self.rooms.join(room, participant, role, twcc_ext_id=twcc, rid_ext_id=rid)
         host, port = self.udp_address
         return {"participant": participant, "ice_ufrag": p.ice_ufrag, "ice_pwd": p.ice_pwd,
-                "udp": f"{host}:{port}", "token": p.token}
+                "udp": f"{host}:{port}", "token": p.token, "twcc_ext_id": twcc,
+                "rid_ext_id": rid}
 
     async def _participant_connect(self, params: Params) -> None:
         _check_keys(params, ("room", "participant", "remote"))
@@ -301,7 +362,7 @@ class Node:
     async def _track_publish(self, params: Params) -> dict[str, Any]:
         _check_keys(params, ("room", "participant", "kind", "codec", "payload_type",
                              "clock_rate", "layers", "rtx_payload_type", "fec_payload_type",
-                             "ulpfec_payload_type", "nack"))
+                             "ulpfec_payload_type", "nack", "temporal_layers"))
         room, participant = _id(params, "room"), _id(params, "participant")
         kind = _enum(params, "kind", tuple(KINDS))
         codec = _enum(params, "codec", CODECS)
@@ -322,8 +383,12 @@ class Node:
         if not isinstance(nack, bool):
             raise BadRequest("field 'nack' must be true or false (NACK the publisher for "
                              "lost packets)")
+        temporal = _int(params, "temporal_layers", 1, 4, optional=True) or 1
+        if kind == "audio" and temporal != 1:
+            raise BadRequest("field 'temporal_layers' must be 1 for audio")
         track = self.rooms.publish(room, participant, kind, codec, payload_type, clock_rate,
-                                   layers, rtx_pt, fec_pt, ulp_pt, nack=nack)
+                                   layers, rtx_pt, fec_pt, ulp_pt, nack=nack,
+                                   temporal_layers=temporal, gop_cache=self.config.gop_cache)
         return {"track": track.track_id}
 
     async def _track_unpublish(self, params: Params) -> None:
@@ -333,11 +398,22 @@ class Node:
         return None
 
     async def _track_subscribe(self, params: Params) -> dict[str, Any]:
-        _check_keys(params, ("room", "participant", "track", "recovery"))
+        _check_keys(params, ("room", "participant", "track", "recovery", "preferences"))
         recovery = _recovery(params)
-        sub = self.rooms.subscribe(_id(params, "room"), _id(params, "participant"),
-                                   _id(params, "track"), recovery)
-        return {"subscription": sub.subscription_id, "ssrc": sub.ssrc,
+        room = _id(params, "room")
+        track = self.rooms.room(room).tracks.get(_id(params, "track"))
+        prefs = None
+        if "preferences" in params and track is not None:
+            prefs = _prefs(params["preferences"], track.layers)
+        sub = self.rooms.subscribe(room, _id(params, "participant"), _id(params, "track"),
+                                   recovery, prefs)
+        p = self.rooms.participant(room, sub.participant_id)
+        if self.simulcast is not None:
+            self.simulcast.on_subscribed(sub)
+        return {"twcc_ext_id": p.twcc_ext_id,
+                "layer": None if track is None or sub.target is None
+                or sub.target[0] is None else track.layers[sub.target[0]].rid,
+                "subscription": sub.subscription_id, "ssrc": sub.ssrc,
                 "payload_type": sub.payload_type,
                 "rtx_ssrc": sub.rtx_ssrc if recovery.rtx else None,
                 "rtx_payload_type": sub.rtx_payload_type, "fec_ssrc": sub.fec_ssrc,
@@ -349,6 +425,31 @@ class Node:
         self.rooms.unsubscribe(_id(params, "room"), _id(params, "participant"),
                                _id(params, "subscription"))
         return None
+
+    async def _track_set_preferences(self, params: Params) -> dict[str, Any]:
+        _check_keys(params, ("room", "participant", "subscription", "max_layer",
+                             "max_height", "max_temporal", "paused"))
+        room, participant = _id(params, "room"), _id(params, "participant")
+        p = self.rooms.participant(room, participant)
+        sub_id = _id(params, "subscription")
+        sub = p.subscriptions.get(sub_id)
+        if sub is None:
+            raise NotFound(f"participant {participant!r} has no subscription {sub_id!r}")
+        track = self.rooms.room(room).tracks[sub.track_id]
+        fields = {k: v for k, v in params.items() if k not in ("room", "participant",
+                                                                "subscription")}
+        sub.prefs = _prefs(fields, track.layers, sub.prefs)
+        if self.simulcast is not None:
+            self.simulcast.allocate(p)
+        target = sub.target or (None, 3)
+        prefs = sub.prefs
+        return {"subscription": sub_id,
+                "preferences": {"max_layer": None if prefs.max_layer is None
+                                else track.layers[prefs.max_layer].rid,
+                                "max_height": prefs.max_height,
+                                "max_temporal": prefs.max_temporal, "paused": prefs.paused},
+                "target": {"layer": None if target[0] is None else track.layers[target[0]].rid,
+                           "temporal": target[1]}}
 
     async def _stats_get(self, params: Params) -> dict[str, Any]:
         _check_keys(params, ("room", "participant"))

@@ -99,6 +99,12 @@ class RecoveryController:
     def _apply(self, sub: Subscription, track: Track, sizer: BlockSizer, plan: Plan,
                est: LinkEstimate) -> None:
         m = plan.m if plan.fec == "rs" else 0
+        room = self.rooms.rooms.get(sub.room_id)
+        viewer = room.participants.get(sub.participant_id) if room else None
+        if viewer is not None and viewer.twcc_ext_id:
+            # The transport-wide seq extension changes the bytes SFU-RS protects (parity is
+            # computed once per source block): such viewers are repaired by NACK alone.
+            m = 0
         if m and not sizer.k:
             # Rate not known yet: the plan's own block length stands for the source's.
             sizer.k = plan.k

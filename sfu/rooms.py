@@ -15,6 +15,7 @@ from typing import Any
 from sfu import _native
 from sfu.errors import Conflict, LimitExceeded, NotFound, Unauthorized
 from sfu.events import EventBus
+from sfu.simulcast import Preferences
 
 ROLES = ("host", "cohost", "audience")
 PUBLISHING_ROLES = ("host", "cohost")
@@ -31,16 +32,20 @@ ULPFEC_GROUP = 4  # media packets per in-band ULPFEC packet toward a "ulpfec" vi
 @dataclass(slots=True)
 class Layer:
     rid: str
-    ssrc: int
+    ssrc: int  # 0 = learned from the first packet carrying this rid (RFC 8852)
     rtx_ssrc: int | None
     fec_ssrc: int | None = None  # the publisher's SFU-RS stream for this layer
+    width: int | None = None
+    height: int | None = None
+    max_bitrate: int | None = None  # declared; the allocator prefers the measured rate
 
     def ssrcs(self) -> list[int]:
         return [s for s in (self.ssrc, self.rtx_ssrc, self.fec_ssrc) if s]
 
     def describe(self) -> dict[str, Any]:
-        return {"rid": self.rid, "ssrc": self.ssrc, "rtx_ssrc": self.rtx_ssrc,
-                "fec_ssrc": self.fec_ssrc}
+        return {"rid": self.rid, "ssrc": self.ssrc or None, "rtx_ssrc": self.rtx_ssrc,
+                "fec_ssrc": self.fec_ssrc, "width": self.width, "height": self.height,
+                "max_bitrate": self.max_bitrate}
 
 
 @dataclass(slots=True)
@@ -69,6 +74,9 @@ class Subscription:
     room_id: str = ""
 
     ulpfec_payload_type: int = DEFAULT_ULPFEC_PT
+    prefs: Preferences = field(default_factory=Preferences)
+    target: tuple[int | None, int] | None = None  # (layer index or None = paused, temporal)
+    layer: int | None = None  # layer the node forwards now (EV_LAYER), None = none yet
 
     def describe_recovery(self) -> dict[str, Any]:
         return {"nack": self.recovery.nack, "rtx": self.recovery.rtx, "fec": self.recovery.fec,
@@ -92,6 +100,13 @@ class Track:
     ulpfec_payload_type: int = DEFAULT_ULPFEC_PT
     nack: bool = True  # the node NACKs this publisher for its lost packets
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
+    temporal_layers: int = 1
+    room_id: str = ""
+
+    @property
+    def switchable(self) -> bool:
+        """Viewers get one of several layers (simulcast or temporal), chosen per viewer."""
+        return self.kind == "video" and (len(self.layers) > 1 or self.temporal_layers > 1)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -113,6 +128,8 @@ class Participant:
     ice_pwd: str
     token: str
     address: tuple[str, int] | None = None
+    twcc_ext_id: int | None = None  # transport-wide seq extension id on media to it
+    rid_ext_id: int | None = None  # RtpStreamId extension id in its simulcast packets
     tracks: dict[str, Track] = field(default_factory=dict)  # published
     subscriptions: dict[str, Subscription] = field(default_factory=dict)  # as subscriber
 
@@ -203,7 +220,8 @@ class RoomManager:
 
     # -- participants ----------------------------------------------------------------------
 
-    def join(self, room_id: str, participant_id: str, role: str) -> Participant:
+    def join(self, room_id: str, participant_id: str, role: str, *,
+             twcc_ext_id: int | None = None, rid_ext_id: int | None = None) -> Participant:
         room = self.room(room_id)
         if participant_id in room.participants:
             raise Conflict(f"participant {participant_id!r} already joined room {room_id!r}")
@@ -223,7 +241,10 @@ class RoomManager:
         # ice-pwd needs ≥ 22 chars of ice-char (RFC 8839 §5.4); 24 urlsafe chars, minus '-'
         # and '_' which are not ice-chars.
         pwd = secrets.token_urlsafe(24).replace("-", "+").replace("_", "/")
-        p = Participant(participant_id, room_id, role, pid, ufrag, pwd, secrets.token_urlsafe(24))
+        p = Participant(participant_id, room_id, role, pid, ufrag, pwd, secrets.token_urlsafe(24),
+                        twcc_ext_id=twcc_ext_id, rid_ext_id=rid_ext_id)
+        if twcc_ext_id or rid_ext_id:
+            self.engine.set_peer_transport_cc(pid, twcc_ext_id or 0, rid_ext_id or 0)
         room.participants[participant_id] = p
         self.by_ufrag[ufrag] = p
         self.by_pid[pid] = p
@@ -271,7 +292,8 @@ class RoomManager:
                 payload_type: int, clock_rate: int, layers: list[Layer],
                 rtx_payload_type: int | None = None,
                 fec_payload_type: int | None = None,
-                ulpfec_payload_type: int | None = None, *, nack: bool = True) -> Track:
+                ulpfec_payload_type: int | None = None, *, nack: bool = True,
+                temporal_layers: int = 1, gop_cache: bool = True) -> Track:
         room = self.room(room_id)
         p = self.participant(room_id, participant_id)
         if p.role not in PUBLISHING_ROLES:
@@ -283,6 +305,9 @@ class RoomManager:
         if len({payload_type, rtx_pt, fec_pt, ulp_pt}) != 4:
             raise Conflict(f"payload types must differ: media {payload_type}, RTX {rtx_pt}, "
                            f"FEC {fec_pt}, ULPFEC {ulp_pt}")
+        if any(not lay.ssrc for lay in layers) and not p.rid_ext_id:
+            raise Conflict("a layer without ssrc is learned from its RID: join with "
+                           "rid_ext_id first")
         wanted = [s for lay in layers for s in lay.ssrcs()]
         taken = [s for s in wanted if s in self._ssrcs]
         if taken:
@@ -292,10 +317,14 @@ class RoomManager:
         except ValueError as exc:
             raise LimitExceeded(f"node cannot take more tracks: {exc}") from exc
         try:
+            self.engine.set_source_media(sid, codec, temporal_layers, len(layers), gop_cache)
             for index, lay in enumerate(layers):
-                self.engine.add_ingress(sid, lay.ssrc, payload_type, lay.rtx_ssrc or 0, index,
-                                        rtx_payload_type=rtx_pt, fec_ssrc=lay.fec_ssrc or 0,
-                                        fec_payload_type=fec_pt, ulpfec_payload_type=ulp_pt)
+                if lay.ssrc:
+                    self.engine.add_ingress(sid, lay.ssrc, payload_type, lay.rtx_ssrc or 0,
+                                            index, rtx_payload_type=rtx_pt,
+                                            fec_ssrc=lay.fec_ssrc or 0,
+                                            fec_payload_type=fec_pt,
+                                            ulpfec_payload_type=ulp_pt)
         except ValueError as exc:
             self.engine.remove_source(sid)
             raise Conflict(f"cannot publish: {exc}") from exc
@@ -303,13 +332,33 @@ class RoomManager:
         self._ssrcs.update(wanted)
         track_id = "TR_" + secrets.token_hex(6)
         track = Track(track_id, participant_id, kind, codec, payload_type, clock_rate,
-                      layers, sid, rtx_pt, fec_pt, ulp_pt, nack)
+                      layers, sid, rtx_pt, fec_pt, ulp_pt, nack,
+                      temporal_layers=temporal_layers, room_id=room_id)
         p.tracks[track_id] = track
         room.tracks[track_id] = track
         self._emit(room_id, "track.published", {
             "track": track_id, "participant": participant_id, "kind": kind, "codec": codec,
-            "layers": [lay.describe() for lay in layers]})
+            "layers": [lay.describe() for lay in layers], "temporal_layers": temporal_layers})
         return track
+
+    def learn_layer(self, pid: int, ssrc: int, rid: str) -> Track | None:
+        """An SSRC seen with an RtpStreamId: bind it to the publisher's layer of that rid
+        that has no SSRC yet. Returns the track, or None if nothing matches."""
+        p = self.by_pid.get(pid)
+        if p is None or ssrc in self._ssrcs:
+            return None
+        for track in p.tracks.values():
+            for index, lay in enumerate(track.layers):
+                if lay.rid == rid and not lay.ssrc:
+                    try:
+                        self.engine.add_ingress(track.sid, ssrc, track.payload_type, 0, index,
+                                                fec_payload_type=track.fec_payload_type)
+                    except ValueError:
+                        return None
+                    lay.ssrc = ssrc
+                    self._ssrcs.add(ssrc)
+                    return track
+        return None
 
     def unpublish(self, room_id: str, participant_id: str, track_id: str) -> None:
         room = self.room(room_id)
@@ -344,7 +393,8 @@ class RoomManager:
                 return ssrc
 
     def subscribe(self, room_id: str, participant_id: str, track_id: str,
-                  recovery: RecoveryRequest | None = None) -> Subscription:
+                  recovery: RecoveryRequest | None = None,
+                  prefs: Preferences | None = None) -> Subscription:
         room = self.room(room_id)
         p = self.participant(room_id, participant_id)
         track = room.tracks.get(track_id)
@@ -352,6 +402,9 @@ class RoomManager:
             raise NotFound(f"track {track_id!r} does not exist in room {room_id!r}")
         if any(s.track_id == track_id for s in p.subscriptions.values()):
             raise Conflict(f"participant {participant_id!r} already subscribes to {track_id!r}")
+        if recovery is not None and recovery.fec == "ulpfec" and p.twcc_ext_id:
+            raise Conflict("recovery.fec 'ulpfec' cannot be combined with twcc_ext_id: the "
+                           "transport-wide seq extension changes the bytes ULPFEC protects")
         ssrc = self._new_ssrc()
         try:
             did = self.engine.add_downtrack(track.sid, p.pid, ssrc, track.payload_type)
@@ -366,7 +419,8 @@ class RoomManager:
         sub = Subscription("SU_" + secrets.token_hex(6), track_id, participant_id, did, ssrc,
                            track.payload_type, rtx_ssrc, track.rtx_payload_type, fec_ssrc,
                            track.fec_payload_type, rec, room_id=room_id,
-                           ulpfec_payload_type=track.ulpfec_payload_type)
+                           ulpfec_payload_type=track.ulpfec_payload_type,
+                           prefs=prefs or Preferences())
         # FEC starts at zero rows; sfu/recovery.py raises it from the viewer's reports.
         self.engine.set_downtrack_recovery(
             did, nack=rec.nack, rtx_ssrc=rtx_ssrc if rec.rtx else 0,

@@ -11,6 +11,7 @@ from sfu import _native
 if TYPE_CHECKING:
     from sfu.recovery_loop import RecoveryController
     from sfu.rooms import Participant, Room, Subscription, Track
+    from sfu.simulcast_loop import SimulcastController
     from sfu.transports.udp import UdpTransport
 
 
@@ -21,8 +22,10 @@ def _row(names: tuple[str, ...], array: Any, index: int) -> dict[str, int]:
 
 class StatsView:
     def __init__(self, engine: _native.Engine, udp: UdpTransport,
-                 recovery: RecoveryController | None = None) -> None:
+                 recovery: RecoveryController | None = None,
+                 simulcast: SimulcastController | None = None) -> None:
         self.engine = engine
+        self.simulcast = simulcast
         self.udp = udp
         self.recovery = recovery
         # Last (time, rx_datagrams, tx_datagrams) sample and the rates derived from it.
@@ -63,9 +66,14 @@ class StatsView:
         return {"track": track.track_id, "participant": track.participant_id,
                 "kind": track.kind,
                 "source": _row(_native.SOURCE_FIELDS, self.engine.source_stats, track.sid),
-                "subscriptions": [self.subscription(s) for s in track.subscriptions.values()]}
+                "layers": [{"rid": lay.rid, "ssrc": lay.ssrc or None,
+                            "bps": [round(r) for r in rate.rates]}
+                           for lay, rate in zip(track.layers, self.simulcast.layer_rates(track),
+                                                strict=True)] if self.simulcast else [],
+                "subscriptions": [self.subscription(s, track)
+                                  for s in track.subscriptions.values()]}
 
-    def subscription(self, sub: Subscription) -> dict[str, Any]:
+    def subscription(self, sub: Subscription, track: Track | None = None) -> dict[str, Any]:
         # Receiver-report fields (rr_*) come from the viewer's RTCP RR for this downtrack.
         # recovery: what the viewer negotiated, the plan in force, and the link estimate
         # (loss before recovery, burstiness, RTT) with the model's residual for the plan.
@@ -76,14 +84,23 @@ class StatsView:
                 "track": sub.track_id, "ssrc": sub.ssrc,
                 "downtrack": _row(_native.DOWNTRACK_FIELDS, self.engine.downtrack_stats,
                                   sub.did),
-                "recovery": recovery}
+                "recovery": recovery,
+                "layer": self.simulcast.describe_subscription(sub, track)
+                if self.simulcast else {}}
 
     def participant(self, p: Participant) -> dict[str, Any]:
         return {"room": p.room_id, "participant": p.participant_id, "role": p.role,
                 "address": p.address_str,
                 "peer": _row(_native.PEER_FIELDS, self.engine.peer_stats, p.pid),
+                "bandwidth": self.simulcast.describe_viewer(p) if self.simulcast else {},
                 "tracks": [self.track(t) for t in p.tracks.values()],
-                "subscriptions": [self.subscription(s) for s in p.subscriptions.values()]}
+                "subscriptions": [self.subscription(s, self._track_of(p, s))
+                                  for s in p.subscriptions.values()]}
+
+    def _track_of(self, p: Participant, sub: Subscription) -> Track | None:
+        if self.simulcast is None or p.room_id not in self.simulcast.rooms.rooms:
+            return None
+        return self.simulcast.rooms.rooms[p.room_id].tracks.get(sub.track_id)
 
     def room(self, room: Room) -> dict[str, Any]:
         return {"room": room.room_id,

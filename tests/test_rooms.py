@@ -247,7 +247,8 @@ def test_events_and_snapshot_track_every_change():
         assert snap["tracks"] == [{
             "track": track, "participant": "h", "kind": "video", "codec": "VP8",
             "payload_type": 96, "clock_rate": 90000,
-            "layers": [{"rid": "f", "ssrc": 1000, "rtx_ssrc": None, "fec_ssrc": None}],
+            "layers": [{"rid": "f", "ssrc": 1000, "rtx_ssrc": None, "fec_ssrc": None,
+                        "width": None, "height": None, "max_bitrate": None}],
             "subscribers": [{"participant": "v", "subscription": sub["subscription"]}]}]
         assert running.node.engine.live()["downtracks"] == 1
         await call(running, "track.unsubscribe", room="r1", participant="v",

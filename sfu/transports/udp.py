@@ -67,6 +67,9 @@ class UdpTransport:
         self._closed = False
         # Called with the downtrack handle of each receiver-report block (recovery policy).
         self.on_receiver_report: Callable[[int], None] | None = None
+        # Simulcast: EV_LAYER (did, layer, temporal), EV_BWE (pid, estimate, acked),
+        # EV_RID (pid, ssrc, rid packed in an int) -> handler(*event[1:4]).
+        self.handlers: dict[int, Callable[[int, int, int], None]] = {}
 
     def start(self, rooms: RoomManager) -> None:
         self._rooms = rooms
@@ -118,6 +121,10 @@ class UdpTransport:
                     self.counters["rr_events"] += 1  # the numbers are in downtrack_stats
                     if self.on_receiver_report is not None:
                         self.on_receiver_report(int(event[1]))
+                    if _native.EV_RR in self.handlers:
+                        self.handlers[_native.EV_RR](int(event[1]), 0, 0)
+                elif kind in self.handlers:
+                    self.handlers[kind](int(event[1]), int(event[2]), int(event[3]))
                 elif kind == _native.EV_OVERFLOW:
                     self.counters["event_overflows"] += 1
                     log.warning("engine event ring overflowed: %s events lost", event[1])

@@ -1,0 +1,315 @@
+"""Applies sfu/simulcast.py's allocation to the engine, per viewer.
+
+Inputs, all per batch or event (never per packet): the engine's per-layer byte counters
+(layer rates, sampled on a timer), EV_BWE (a viewer's transport-wide estimate changed),
+receiver reports and REMB for viewers without transport-wide feedback, preference changes,
+subscriptions coming and going. Outputs: `set_downtrack_layer` targets, padding probes when a
+viewer could use more than its estimate, and the events of design §4 (target and layer
+changes, bandwidth, watched layers).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sfu import _native
+from sfu.rooms import Participant, RoomManager, Subscription, Track
+from sfu.simulcast import Allocator, Choice, Demand, LayerRate, RrLossEstimator, unused_layers
+
+_D = {name: i for i, name in enumerate(_native.DOWNTRACK_FIELDS)}
+_P = {name: i for i, name in enumerate(_native.PEER_FIELDS)}
+START_BPS = 1_000_000  # a viewer's estimate before any feedback
+DEFAULT_LAYER_BPS = (150_000, 500_000, 2_500_000, 4_000_000)  # until a layer is measured
+RATE_WINDOW_S = 1.0  # layer rates: bytes over about this long
+PROBE_GAP_OK_S = 0.5  # probe again this soon after a probe that raised the estimate
+PROBE_GAP_S = 3.0  # ... and after one that did not
+PROBE_S = 0.25  # probe length
+BANDWIDTH_EVENT_CHANGE = 0.15  # participant.bandwidth on a change this large (or every 5 s)
+PRIORITY = {"host": 0, "cohost": 1}
+
+
+@dataclass(slots=True)
+class _Viewer:
+    allocator: Allocator = field(default_factory=Allocator)
+    rr: RrLossEstimator = field(default_factory=lambda: RrLossEstimator(START_BPS))
+    estimate: float = START_BPS
+    source: str = "start"
+    last_probe: float = -1e9
+    probe_from: float = 0.0  # estimate when the last probe started
+    probe_ok: bool = False
+    reported: float = 0.0
+    reported_at: float = -1e9
+
+
+@dataclass(slots=True)
+class _Rates:
+    at: float
+    bytes: dict[int, list[int]]  # layer -> cumulative bytes per TID
+    rates: dict[int, list[float]] = field(default_factory=dict)  # layer -> bps per TID
+
+
+class SimulcastController:
+    def __init__(self, engine: _native.Engine, rooms: RoomManager, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.engine = engine
+        self.rooms = rooms
+        self.clock = clock
+        self._viewers: dict[int, _Viewer] = {}  # by native peer handle
+        self._owner: dict[int, str] = {}  # peer handle -> participant id (handles are reused)
+        self._rates: dict[str, _Rates] = {}  # by track id
+        self._watched: dict[str, tuple[int, ...]] = {}  # by track id
+        self.allocations = 0
+        self.probes = 0
+
+    # -- layer rates -------------------------------------------------------------------------
+
+    def sample_rates(self) -> None:
+        now = self.clock()
+        live: set[str] = set()
+        for room in self.rooms.rooms.values():
+            for track in room.tracks.values():
+                if track.kind != "video":
+                    continue
+                live.add(track.track_id)
+                counts = {layer: list(tids) for layer, _ssrc, tids, _key
+                          in self.engine.layer_bytes(track.sid)}
+                prev = self._rates.get(track.track_id)
+                if prev is None:
+                    self._rates[track.track_id] = _Rates(now, counts)
+                    continue
+                dt = now - prev.at
+                if dt < RATE_WINDOW_S:
+                    continue
+                rates = {layer: [max(0.0, (b - prev.bytes.get(layer, [0] * 4)[t]) * 8 / dt)
+                                 for t, b in enumerate(tids)] for layer, tids in counts.items()}
+                self._rates[track.track_id] = _Rates(now, counts, rates)
+        for gone in set(self._rates) - live:
+            del self._rates[gone]
+
+    def layer_rates(self, track: Track) -> tuple[LayerRate, ...]:
+        measured = self._rates.get(track.track_id)
+        out = []
+        tl = max(1, min(track.temporal_layers, 4))
+        for index, lay in enumerate(track.layers):
+            per_tid = measured.rates.get(index) if measured is not None else None
+            if per_tid is not None and measured is not None:
+                cum, total = [], 0.0
+                for t in range(tl):
+                    total += per_tid[t] if t < len(per_tid) else 0.0
+                    cum.append(total)
+                if tl == 1:
+                    cum = [sum(per_tid)]
+                rates = tuple(cum)
+            else:
+                # Not measured yet: the declared rate, split evenly over temporal layers.
+                full = float(lay.max_bitrate or DEFAULT_LAYER_BPS[min(index, 3)])
+                rates = tuple(full * (t + 1) / tl for t in range(tl)) if lay.ssrc else (0.0,)
+            out.append(LayerRate(index, lay.rid, lay.width, lay.height, rates))
+        return tuple(out)
+
+    # -- estimates ---------------------------------------------------------------------------
+
+    def _viewer(self, p: Participant) -> _Viewer:
+        if self._owner.get(p.pid) != p.participant_id:
+            self._viewers[p.pid] = _Viewer()
+            self._owner[p.pid] = p.participant_id
+        return self._viewers[p.pid]
+
+    def on_bwe(self, pid: int, estimate_bps: int, _acked_bps: int) -> None:
+        p = self.rooms.by_pid.get(pid)
+        if p is None:
+            return
+        v = self._viewer(p)
+        v.estimate = float(estimate_bps)
+        v.source = "twcc"
+        if v.probe_from and estimate_bps > v.probe_from * 1.1:
+            v.probe_ok = True
+        self._report(p, v)
+        self.allocate(p)
+
+    def on_receiver_report(self, did: int) -> None:
+        """Viewers without transport-wide feedback: GCC's loss rule on RR, capped by REMB."""
+        sub = self.rooms.by_did.get(did)
+        if sub is None or sub.room_id not in self.rooms.rooms:
+            return
+        p = self.rooms.rooms[sub.room_id].participants.get(sub.participant_id)
+        if p is None or p.twcc_ext_id:
+            return
+        row = self.engine.downtrack_stats[did]
+        v = self._viewer(p)
+        remb = int(row[_D["remb_bps"]])
+        v.estimate = v.rr.on_report(int(row[_D["rr_fraction_lost"]]) / 256.0, self.clock(),
+                                    remb if remb > 0 else None)
+        v.source = "remb" if remb > 0 else "rr"
+        self._report(p, v)
+        self.allocate(p)
+
+    def _report(self, p: Participant, v: _Viewer) -> None:
+        now = self.clock()
+        if (abs(v.estimate - v.reported) >= BANDWIDTH_EVENT_CHANGE * max(v.reported, 1.0)
+                or now - v.reported_at >= 5.0):
+            v.reported, v.reported_at = v.estimate, now
+            self.rooms.emit(p.room_id, "participant.bandwidth", {
+                "participant": p.participant_id, "estimate_bps": int(v.estimate),
+                "source": v.source})
+
+    # -- allocation --------------------------------------------------------------------------
+
+    def _demand(self, sub: Subscription, track: Track, publisher_role: str) -> Demand:
+        current = None
+        if sub.layer is not None and sub.target is not None:
+            current = (sub.layer, sub.target[1])
+        if track.kind == "audio":
+            return Demand(sub.subscription_id, "audio", PRIORITY.get(publisher_role, 2),
+                          (LayerRate(0, "", None, None, (64_000.0,)),), sub.prefs, current)
+        return Demand(sub.subscription_id, "video", PRIORITY.get(publisher_role, 2),
+                      self.layer_rates(track), sub.prefs, current)
+
+    def allocate(self, p: Participant) -> None:
+        """Re-split participant p's estimate over its subscriptions and apply the targets."""
+        if p.room_id not in self.rooms.rooms:
+            return
+        room = self.rooms.rooms[p.room_id]
+        subs: list[tuple[Subscription, Track]] = []
+        demands: list[Demand] = []
+        for sub in p.subscriptions.values():
+            track = room.tracks.get(sub.track_id)
+            if track is None:
+                continue
+            publisher = room.participants.get(track.participant_id)
+            subs.append((sub, track))
+            demands.append(self._demand(sub, track, publisher.role if publisher else ""))
+        if not demands:
+            return
+        v = self._viewer(p)
+        now = self.clock()
+        choices = v.allocator.allocate(v.estimate, demands, now)
+        self.allocations += 1
+        for sub, track in subs:
+            if track.kind == "video":
+                self._apply(sub, track, choices[sub.subscription_id], now)
+        self._maybe_probe(p, v, now)
+
+    def _apply(self, sub: Subscription, track: Track, c: Choice, now: float) -> None:
+        temporal = c.temporal if track.temporal_layers > 1 else 3
+        target = (c.spatial, temporal)
+        if target == sub.target:
+            return
+        sub.target = target
+        self.engine.set_downtrack_layer(sub.did, -1 if c.spatial is None else c.spatial,
+                                        temporal, now)
+        if not track.switchable:
+            return      # one layer, every frame: nothing to choose, nothing to announce
+        self.rooms.emit(sub.room_id, "subscription.target_changed", {
+            "subscription": sub.subscription_id, "participant": sub.participant_id,
+            "track": sub.track_id, "layer": self._rid(track, c.spatial), "temporal": temporal,
+            "bps": int(c.bps), "reason": c.reason, "at": round(now, 6)})
+        self._update_watched(track)
+
+    def _maybe_probe(self, p: Participant, v: _Viewer, now: float) -> None:
+        if not p.twcc_ext_id or not v.allocator.constrained:
+            return
+        gap = PROBE_GAP_OK_S if v.probe_ok else PROBE_GAP_S
+        if now - v.last_probe < gap:
+            return
+        want = v.allocator.wanted_bps()
+        if want <= v.estimate:
+            return
+        rate = min(want * 1.1, v.estimate * 3.0)
+        if self.engine.probe(p.pid, rate, PROBE_S, now):
+            self.probes += 1
+            v.last_probe = now
+            v.probe_from = v.estimate
+            v.probe_ok = False
+
+    # -- engine events -----------------------------------------------------------------------
+
+    def on_layer(self, did: int, layer: int, temporal: int) -> None:
+        sub = self.rooms.by_did.get(did)
+        if sub is None or sub.room_id not in self.rooms.rooms:
+            return
+        track = self.rooms.rooms[sub.room_id].tracks.get(sub.track_id)
+        if track is None:
+            return
+        sub.layer = None if layer < 0 else layer
+        if not track.switchable:
+            return
+        reason = "paused" if layer < 0 else "keyframe"
+        self.rooms.emit(sub.room_id, "subscription.layer_changed", {
+            "subscription": sub.subscription_id, "participant": sub.participant_id,
+            "track": sub.track_id, "layer": self._rid(track, sub.layer), "temporal": temporal,
+            "reason": reason, "at": round(self.clock(), 6)})
+        self._update_watched(track)
+
+    def on_rid(self, pid: int, ssrc: int, rid_packed: int) -> None:
+        rid = rid_packed.to_bytes(8, "big").lstrip(b"\0").decode("ascii", "replace")
+        track = self.rooms.learn_layer(pid, ssrc, rid)
+        if track is not None:
+            self.rooms.emit(track.room_id, "track.layer_learned", {
+                "track": track.track_id, "participant": track.participant_id, "rid": rid,
+                "ssrc": ssrc})
+
+    def _update_watched(self, track: Track) -> None:
+        choices = []
+        for sub in track.subscriptions.values():
+            for layer in {sub.layer, sub.target[0] if sub.target else None}:
+                choices.append(Choice(layer, 0, 0.0, "fits"))
+        unused = unused_layers(len(track.layers), choices)
+        watched = tuple(i for i in range(len(track.layers)) if i not in unused)
+        if self._watched.get(track.track_id) == watched:
+            return
+        self._watched[track.track_id] = watched
+        self.rooms.emit(track.room_id, "track.layers_changed", {
+            "track": track.track_id, "participant": track.participant_id,
+            "watched": [track.layers[i].rid for i in watched],
+            "unused": [track.layers[i].rid for i in unused]})
+
+    @staticmethod
+    def _rid(track: Track, layer: int | None) -> str | None:
+        if layer is None or not 0 <= layer < len(track.layers):
+            return None
+        return track.layers[layer].rid
+
+    # -- periodic and on changes -------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Every ~0.5 s: refresh layer rates, re-allocate every viewer of video."""
+        self.sample_rates()
+        for p in list(self.rooms.by_pid.values()):
+            if p.subscriptions:
+                self.allocate(p)
+        live = set(self.rooms.by_pid)
+        for pid in set(self._viewers) - live:
+            del self._viewers[pid]
+            self._owner.pop(pid, None)
+
+    def on_subscribed(self, sub: Subscription) -> None:
+        p = self.rooms.participant(sub.room_id, sub.participant_id)
+        self.allocate(p)
+
+    def describe_viewer(self, p: Participant) -> dict[str, Any]:
+        v = self._viewers.get(p.pid) if self._owner.get(p.pid) == p.participant_id else None
+        out: dict[str, Any] = {"estimate_bps": int(v.estimate if v else START_BPS),
+                               "source": v.source if v else "start"}
+        bwe = self.engine.bwe(p.pid)
+        if bwe is not None:
+            out.update({"acked_bps": int(bwe["acked_bps"]), "loss": round(bwe["loss"], 4),
+                        "delay_state": ("normal", "overusing", "underusing")[
+                            int(bwe["delay_state"]) % 3],
+                        "probes": int(bwe["probes"]), "feedbacks": int(bwe["feedbacks"])})
+        return out
+
+    def describe_subscription(self, sub: Subscription, track: Track | None) -> dict[str, Any]:
+        row = self.engine.downtrack_stats[sub.did]
+        layer = int(row[_D["layer"]])
+        target = sub.target
+        return {"current": self._rid(track, layer) if track else None,
+                "target": self._rid(track, target[0]) if track and target else None,
+                "temporal": int(row[_D["temporal"]]),
+                "target_temporal": target[1] if target else None,
+                "switches": int(row[_D["switches"]]), "paused": sub.prefs.paused,
+                "dropped_temporal": int(row[_D["dropped_temporal"]]),
+                "gop_packets": int(row[_D["gop_sent"]])}
