@@ -4,8 +4,12 @@ bench/fanout.py measures the whole node (uvloop, control plane) once per forward
 shared machine its node/floor ratio moves ±15% between runs. This script isolates the data
 path: the engine (driven by its native read callback from an epoll loop) and FloorForwarder
 alternate, pinned to core 0, for ``--pairs`` short runs each at a fixed input rate, and the
-medians are compared. Usage: python bench/engine_vs_floor.py [--n 50] [--rate 2000]
-[--pairs 8] [--seconds 3]. The last line of output is a JSON object.
+medians are compared. With --simulcast a third kind, "engine_sc", joins the rotation: the same
+engine with the issue-4 path on (a 3-layer VP8 source with 3 temporal layers, so viewers use the
+switching rewriter, and transport-wide seq stamping + send records for every viewer);
+`simulcast_vs_engine` is its median over the plain engine's. Usage:
+python bench/engine_vs_floor.py [--n 50] [--rate 2000] [--pairs 8] [--seconds 3] [--simulcast].
+The last line of output is a JSON object.
 """
 
 from __future__ import annotations
@@ -54,14 +58,24 @@ def one_run(kind: str, n: int, rate: float, seconds: float) -> float:
         port = srv.getsockname()[1]
     blaster = nat.UdpBlaster("127.0.0.1", port, size=1100, ssrc=1111)
     if engine is not None:
+        sc = kind == "engine_sc"
         pub = engine.add_peer(tid)
         engine.bind_peer(pub, "127.0.0.1", blaster.port)
         sid = engine.add_source(pub, nat.KIND_VIDEO, 90000)
-        engine.add_ingress(sid, 1111, 96)
+        if sc:
+            engine.set_source_media(sid, "VP8", 3, 3)
+            for layer in range(3):
+                engine.add_ingress(sid, 1111 + layer, 96, layer=layer)
+        else:
+            engine.add_ingress(sid, 1111, 96)
         for i, p in enumerate(sink.ports):
             viewer = engine.add_peer(tid)
             engine.bind_peer(viewer, "127.0.0.1", p)
-            engine.add_downtrack(sid, viewer, 5000 + i, 96)
+            did = engine.add_downtrack(sid, viewer, 5000 + i, 96)
+            if sc:
+                engine.set_peer_transport_cc(viewer, 5)
+                engine.set_downtrack_recovery(did, rtx_ssrc=9000 + i, rtx_payload_type=97)
+                engine.set_downtrack_layer(did, 0, 2, 0.0)
     stop_r, stop_w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -94,21 +108,33 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=2000.0)
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--simulcast", action="store_true",
+                    help="also run the engine with layer switching + TWCC stamping")
     args = ap.parse_args()
     os.sched_setaffinity(0, {1})
-    runs: dict[str, list[float]] = {"engine": [], "floor": []}
+    kinds = ("engine", "engine_sc", "floor") if args.simulcast else ("engine", "floor")
+    runs: dict[str, list[float]] = {k: [] for k in kinds}
     for i in range(args.pairs):
-        for kind in ("engine", "floor"):
+        for kind in kinds:
             runs[kind].append(one_run(kind, args.n, args.rate, args.seconds))
-        print(f"[{i + 1}/{args.pairs}] engine {runs['engine'][-1]:.3f} µs/copy, "
-              f"floor {runs['floor'][-1]:.3f} µs/copy", file=sys.stderr, flush=True)
+        print(f"[{i + 1}/{args.pairs}] " + ", ".join(
+            f"{k} {runs[k][-1]:.3f} µs/copy" for k in kinds), file=sys.stderr, flush=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
     ratio = med["engine"] / med["floor"]
-    print(f"N={args.n} at {args.rate:.0f} pkt/s in, {args.pairs} interleaved pairs: engine "
-          f"{med['engine']:.3f} µs/copy, floor {med['floor']:.3f} µs/copy, ratio {ratio:.3f}")
-    print(json.dumps({"n": args.n, "rate": args.rate, "engine_us_per_copy": med["engine"],
-                      "floor_us_per_copy": med["floor"], "engine_vs_floor": ratio,
-                      "runs": runs}))
+    out = {"n": args.n, "rate": args.rate, "engine_us_per_copy": med["engine"],
+           "floor_us_per_copy": med["floor"], "engine_vs_floor": ratio, "runs": runs}
+    line = (f"N={args.n} at {args.rate:.0f} pkt/s in, {args.pairs} interleaved rounds: engine "
+            f"{med['engine']:.3f} µs/copy, floor {med['floor']:.3f} µs/copy, ratio {ratio:.3f}")
+    if args.simulcast:
+        out["engine_sc_us_per_copy"] = med["engine_sc"]
+        out["simulcast_vs_engine"] = med["engine_sc"] / med["engine"]
+        # Same-round ratios: each round's runs are seconds apart, so drift mostly cancels.
+        out["simulcast_vs_engine_rounds"] = [a / b for a, b in
+                                             zip(runs["engine_sc"], runs["engine"], strict=True)]
+        line += (f"; engine_sc {med['engine_sc']:.3f} µs/copy = "
+                 f"{out['simulcast_vs_engine']:.3f}x the engine")
+    print(line)
+    print(json.dumps(out))
     return 0
 
 

@@ -418,3 +418,4 @@ cdef void eng_rid_in(Engine e, int32_t pid, const uint8_t *d, const RtpView *v,
     for i in range(ln):
         rid = (rid << 8) | d[off + i]
     eng_push_event(e, EV_RID_, pid, v.ssrc, rid)
+    e.c[C_RID_REPORTED] += 1

@@ -50,7 +50,7 @@ COUNTER_NAMES = (
     "drop_duplicate", "rtx_in", "fec_in", "nack_sent", "rtx_sent", "resend_sent", "resend_miss",
     "fec_sent", "recovered_rtx", "recovered_fec", "unrecovered", "hist_evicted",
     "layer_switches", "keyframes_in", "twcc_stamped", "twcc_unstamped", "twcc_fb_malformed",
-    "padding_sent", "gop_sent", "rid_learned",
+    "padding_sent", "gop_sent", "rid_reported",
 )
 
 cdef enum:
@@ -109,7 +109,7 @@ cdef enum:
     C_TWCC_FB_MALFORMED
     C_PADDING_SENT
     C_GOP_SENT
-    C_RID_LEARNED
+    C_RID_REPORTED
     N_COUNTERS
 
 # lost: RFC 3550 cumulative loss on the uplink before recovery; missing: holes seen;

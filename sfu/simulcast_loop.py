@@ -212,6 +212,8 @@ class SimulcastController:
     def _maybe_probe(self, p: Participant, v: _Viewer, now: float) -> None:
         if not p.twcc_ext_id or not v.allocator.constrained:
             return
+        if int(self.engine.peer_stats[p.pid][_P["twcc_fb"]]) == 0:
+            return      # no feedback yet: a probe would teach the estimator nothing
         gap = PROBE_GAP_OK_S if v.probe_ok else PROBE_GAP_S
         if now - v.last_probe < gap:
             return

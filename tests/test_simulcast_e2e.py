@@ -199,3 +199,82 @@ def test_control_errors_are_typed() -> None:
                                 subscription=sub["subscription"], paused=True)
         assert paused["target"]["layer"] is None and paused["preferences"]["paused"] is True
     run(scenario)
+
+
+def test_rid_layers_are_learned_from_the_rtp_stream_id_extension() -> None:
+    async def scenario(running: RunningNode, ctl: Ctl, events: list[dict[str, Any]]) -> None:
+        import socket
+
+        from sfu import _native
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        try:
+            await ctl.call("room.create", room="r1")
+            await ctl.call("participant.join", room="r1", participant="h", role="host",
+                           rid_ext_id=10)
+            host, port = sock.getsockname()
+            await ctl.call("participant.connect", room="r1", participant="h",
+                           remote=f"{host}:{port}")
+            track = (await ctl.call("track.publish", room="r1", participant="h",
+                                    kind="video", codec="VP8", payload_type=96,
+                                    clock_rate=90000, layers=[{"rid": "lo"}, {"rid": "hi"}]))
+            for seq in range(5):
+                for ssrc, rid in ((7001, b"lo"), (7002, b"hi")):
+                    sock.sendto(_native.build_rtp(96, seq, seq * 3000, ssrc, b"\x10\x00\x00",
+                                                  extensions={10: rid}), running.udp_address)
+                await asyncio.sleep(0.01)
+            assert await until(lambda: len([e for e in events
+                                            if e["event"] == "track.layer_learned"]) == 2)
+            learned = {e["data"]["rid"]: e["data"]["ssrc"] for e in events
+                       if e["event"] == "track.layer_learned"}
+            assert learned == {"lo": 7001, "hi": 7002}
+            snap = await ctl.call("room.snapshot", room="r1")
+            assert [lay["ssrc"] for lay in snap["tracks"][0]["layers"]] == [7001, 7002]
+            assert track["track"] == snap["tracks"][0]["track"]
+            c = running.node.stats.counters()
+            assert c["rx_rtp"] > 0 and c["drop_unknown_ssrc"] >= 2
+        finally:
+            sock.close()
+    run(scenario)
+
+
+def test_viewer_without_twcc_is_allocated_from_remb_and_receiver_reports() -> None:
+    async def scenario(running: RunningNode, ctl: Ctl, events: list[dict[str, Any]]) -> None:
+        import socket
+
+        from sfu import _native
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        try:
+            await ctl.call("room.create", room="r1")
+            await ctl.call("participant.join", room="r1", participant="h", role="host")
+            layers = [{"rid": r, "ssrc": s, "max_bitrate": b} for r, s, b in
+                      (("q", 31, 150_000), ("h", 32, 500_000), ("f", 33, 2_500_000))]
+            track = (await ctl.call("track.publish", room="r1", participant="h",
+                                    kind="video", codec="VP8", payload_type=96,
+                                    clock_rate=90000, layers=layers))["track"]
+            await ctl.call("participant.join", room="r1", participant="v", role="audience")
+            host, port = sock.getsockname()
+            await ctl.call("participant.connect", room="r1", participant="v",
+                           remote=f"{host}:{port}")
+            sub = await ctl.call("track.subscribe", room="r1", participant="v", track=track)
+            assert sub["layer"] == "h"          # 1 Mbit/s before any feedback: h fits, f not
+            remb = _native.build_remb(0xB0B, 200_000, [sub["ssrc"]])
+            rr = _native.build_rr(0xB0B, [{"ssrc": sub["ssrc"], "fraction_lost": 0,
+                                            "packets_lost": 0, "highest_seq": 0,
+                                            "jitter": 0, "lsr": 0, "dlsr": 0}])
+            sock.sendto(remb + rr, running.udp_address)
+
+            def targets() -> list[str | None]:
+                return [e["data"]["layer"] for e in events
+                        if e["event"] == "subscription.target_changed"]
+            assert await until(lambda: targets()[-1:] == ["q"])
+            bw = [e["data"] for e in events if e["event"] == "participant.bandwidth"]
+            assert bw[-1] == {"participant": "v", "estimate_bps": 200_000, "source": "remb"}
+            stats = await ctl.call("stats.get", room="r1", participant="v")
+            assert stats["bandwidth"]["source"] == "remb"
+            assert stats["subscriptions"][0]["layer"]["target"] == "q"
+        finally:
+            sock.close()
+    run(scenario)

@@ -89,6 +89,7 @@ class LayerStats:
     rtx_sent: int = 0
     rtx_bytes: int = 0
     sr_sent: int = 0
+    keyframe_bytes: int = 0
     encode_s: float = 0.0  # wall time in this layer's encoder (thread), for the CPU check
 
 
@@ -466,6 +467,7 @@ class SimulcastPublisher(RtpEndpoint):
         lay.picture_id = (lay.picture_id + 1) % PICTURE_ID_MOD
         st.frames += 1
         st.keyframes += fr.keyframe
+        st.keyframe_bytes += len(fr.data) if fr.keyframe else 0
 
     def _send_sr(self, lay: _Layer, mono: float) -> None:
         wall = time.time() - (time.monotonic() - mono)
@@ -541,7 +543,8 @@ class SimulcastPublisher(RtpEndpoint):
     def summary(self) -> dict[str, Any]:
         """Per-layer counters plus the achieved bitrate and encode cost, for benches."""
         elapsed = max(1e-9, time.monotonic() - self._t0) if self._t0 else 0.0
-        out: dict[str, Any] = {"frames_skipped": self.frames_skipped,
+        out: dict[str, Any] = {"elapsed_s": round(elapsed, 1),
+                               "frames_skipped": self.frames_skipped,
                                "rtt_ms": round(self.rtt_ms, 1)}
         for lay in self.layers:
             st = lay.stats
@@ -549,6 +552,8 @@ class SimulcastPublisher(RtpEndpoint):
                 "frames": st.frames, "keyframes": st.keyframes, "plis": st.plis,
                 "firs": st.firs, "bytes": st.bytes, "rtx_sent": st.rtx_sent,
                 "kbps": round(st.bytes * 8 / elapsed / 1000, 1) if elapsed else 0.0,
+                "keyframe_bytes_avg": round(st.keyframe_bytes / st.keyframes)
+                if st.keyframes else 0,
                 "encode_ms_per_frame": round(st.encode_s * 1000 / st.frames, 2)
                 if st.frames else 0.0}
         return out
