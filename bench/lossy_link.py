@@ -396,6 +396,19 @@ class LossyLink:
         loop.add_reader(sock.fileno(), link._on_client_readable)
         return link
 
+    def set_profile(self, up: LinkProfile | None = None,
+                    down: LinkProfile | None = None) -> None:
+        """Change a direction's impairments while running (e.g. a capacity step). Packets
+        already queued keep their departure times; the new rate and queue apply from the
+        next packet."""
+        for name, prof in (("up", up), ("down", down)):
+            if prof is not None and not isinstance(prof, LinkProfile):
+                raise ValueError(f"{name} must be a LinkProfile, got {type(prof).__name__}")
+        if up is not None:
+            self._up.profile = self.up_profile = up
+        if down is not None:
+            self._down.profile = self.down_profile = down
+
     @property
     def up(self) -> LinkStats:
         return self._up.stats

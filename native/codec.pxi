@@ -120,8 +120,8 @@ cdef inline void probe_codec(int codec, const uint8_t *p, Py_ssize_t n, MediaInf
 
 cdef inline Py_ssize_t vp8_write_desc(const uint8_t *p, const MediaInfo *mi, uint8_t *out,
                                       uint16_t pid_off, uint8_t tl0_off) noexcept nogil:
-    """The descriptor with PictureID (always 15-bit out) and TL0PICIDX moved by the
-    viewer's offsets; T/K byte copied. Returns its length (at most 6)."""
+    """The descriptor with PictureID (its own width) and TL0PICIDX moved by the viewer's
+    offsets; T/K byte copied. Returns its length (at most 6)."""
     cdef Py_ssize_t o = 1
     cdef uint8_t x
     cdef uint16_t pic
@@ -131,7 +131,10 @@ cdef inline Py_ssize_t vp8_write_desc(const uint8_t *p, const MediaInfo *mi, uin
     x = p[1]
     out[1] = x
     o = 2
-    if x & 0x80:
+    if x & 0x80 and mi.pic_bits == 7:
+        out[2] = <uint8_t>((mi.pic + pid_off) & 0x7F)    # keep the publisher's width
+        o = 3
+    elif x & 0x80:
         pic = <uint16_t>((mi.pic + pid_off) & 0x7FFF)
         out[2] = 0x80 | (pic >> 8)
         out[3] = pic & 0xFF

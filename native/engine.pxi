@@ -462,6 +462,9 @@ cdef class Engine:
                 raise ValueError(f"SSRC {x} is already in use on this node")
         if rtx_ssrc and rtx_ssrc == fec_ssrc:
             raise ValueError("rtx_ssrc and fec_ssrc must differ")
+        if ulpfec_k and self.peers[t.pid].tw_id:
+            raise ValueError("in-band ULPFEC cannot go to a participant with transport-wide "
+                             "seq stamping (the extension changes the bytes it protects)")
         if ulpfec_k and t.mode == DT_SWITCHED:
             # ULPFEC protects the viewer's seq space as one run: such a viewer keeps the
             # layer it starts on, every temporal layer, constant deltas.
@@ -498,6 +501,7 @@ cdef class Engine:
         if s.ndts and bool(s.switchable) != (temporal_layers > 1 or layers > 1):
             raise ValueError("layer counts are fixed once the source has downtracks")
         s.codec = c
+        s.nlayers = layers
         s.switchable = 1 if (temporal_layers > 1 or layers > 1) and s.kind == KIND_VIDEO_ else 0
         s.gop_cache = gop_cache
 
@@ -507,12 +511,19 @@ cdef class Engine:
         packet to this participant and estimate its downlink from its feedback; learn
         its simulcast SSRCs from the RtpStreamId extension rid_ext_id (0 = off)."""
         cdef Peer *p = self._peer(pid)
+        cdef int32_t did
         if not 0 <= twcc_ext_id <= 14 or not 0 <= rid_ext_id <= 14:
             raise ValueError("extension ids must be 1..14 (0 = off)")
         if twcc_ext_id and twcc_ext_id == rid_ext_id:
             raise ValueError("twcc_ext_id and rid_ext_id must differ")
         if not 0 < min_bps <= start_bps <= max_bps:
             raise ValueError("need 0 < min_bps <= start_bps <= max_bps")
+        did = p.first_dt
+        while twcc_ext_id and did >= 0:
+            if self.dts[did].ulp_k:
+                raise ValueError("the participant receives in-band ULPFEC, which cannot be "
+                                 "combined with transport-wide seq stamping")
+            did = self.dts[did].peer_next
         p.rid_id = rid_ext_id
         p.tw_id = twcc_ext_id
         if twcc_ext_id and p.bwe == NULL:
@@ -535,6 +546,8 @@ cdef class Engine:
         cdef int32_t iid
         if not -1 <= layer <= 7 or not 0 <= temporal <= 3:
             raise ValueError("layer must be -1..7 and temporal 0..3")
+        if s.nlayers and layer >= s.nlayers:
+            raise ValueError(f"layer {layer} is not declared (the source has {s.nlayers})")
         t.tgt_tid = temporal
         self.ds[did * N_DT_FIELDS + D_TARGET_TEMPORAL] = temporal
         self.ds[did * N_DT_FIELDS + D_TARGET_LAYER] = layer
@@ -665,6 +678,7 @@ cdef class Engine:
         d.last_pic = -1
         d.last_tl0 = -1
         d.drop_pic = -1
+        d.paused_layer = -1
         if s.switchable:
             d.om = <OutEntry*>calloc(OM_VIDEO, sizeof(OutEntry))
             if d.om == NULL:

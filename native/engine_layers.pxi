@@ -247,7 +247,7 @@ cdef uint32_t eng_align_ts(Engine e, Downtrack *t, Ingress *old, Ingress *new,
     cdef double dt
     cdef int64_t rtp_new_at_old
     cdef uint32_t off, out_ts, guess
-    guess = t.last_out_ts + <uint32_t>((now - t.last_out_time) * s.clock_rate) + 1
+    guess = t.last_out_ts + <uint32_t>(max(0.0, now - t.last_out_time) * s.clock_rate) + 1
     if old.sr_ntp and new.sr_ntp:
         dt = (<double>(<int64_t>(old.sr_ntp - new.sr_ntp))) / 4294967296.0
         rtp_new_at_old = <int64_t>new.sr_rtp + <int64_t>(dt * s.clock_rate)
@@ -277,12 +277,16 @@ cdef void eng_dt_switch(Engine e, Downtrack *t, int32_t did, Ingress *g, const R
         t.ts_off = e._rand32()
     else:
         # Back from a pause: timestamps continue from the wallclock.
-        t.ts_off = t.last_out_ts + <uint32_t>((now - t.last_out_time) * s.clock_rate) + 1 - v.ts
+        t.ts_off = t.last_out_ts + <uint32_t>(max(0.0, now - t.last_out_time) * s.clock_rate) + 1 - v.ts
+        t.prev_layer = t.paused_layer
+        t.prev_last_in = t.last_in
         if mi.pic >= 0 and t.last_pic >= 0:
             t.pid_off = <uint16_t>((t.last_pic + 1 - mi.pic) & 0x7FFF)
         if mi.tl0 >= 0 and t.last_tl0 >= 0:
             t.tl0_off = <uint8_t>(t.last_tl0 + 1 - mi.tl0)
     t.cur_layer = g.layer
+    t.paused_layer = -1
+    t.drop_pic = -1
     t.cur_tid = t.tgt_tid
     t.last_in = ext - 1
     t.seg_in = ext
@@ -304,7 +308,9 @@ cdef int eng_dt_map(Engine e, Downtrack *t, int32_t did, Ingress *g, const RtpVi
     cdef int64_t gap, j
     cdef OutEntry *o
     cdef bint drop
-    if ii != t.cur_layer:
+    # A late repair of the frames sent before a pause still belongs to the viewer's stream.
+    cdef bint tail = t.cur_layer < 0 and ii == t.paused_layer and ext <= t.last_in
+    if ii != t.cur_layer and not tail:
         if ii == t.tgt_layer and fresh and mi.key and mi.start:
             eng_dt_switch(e, t, did, g, v, mi, ext, now)
         else:
@@ -320,7 +326,14 @@ cdef int eng_dt_map(Engine e, Downtrack *t, int32_t did, Ingress *g, const RtpVi
     if ext > t.last_in:
         if mi.start:
             if t.tgt_layer < 0:
-                # Paused: stop at a frame boundary.
+                # Paused: stop at a frame boundary; holes before it stay the viewer's.
+                gap = ext - t.last_in - 1
+                if 0 < gap <= OM_VIDEO // 4:
+                    for j in range(1, gap + 1):
+                        t.out_top += 1
+                        om_put(t, t.out_top, t.last_in + j, ii, OM_RESERVED)
+                t.last_in = ext - 1
+                t.paused_layer = t.cur_layer
                 t.cur_layer = -1
                 e.ds[did * N_DT_FIELDS + D_LAYER] = -1
                 eng_push_event(e, EV_LAYER_, did, -1, t.cur_tid)
@@ -350,7 +363,7 @@ cdef int eng_dt_map(Engine e, Downtrack *t, int32_t did, Ingress *g, const RtpVi
         t.out_top += 1
         o = om_put(t, t.out_top, ext, ii, OM_SENT)
         if mi.pic >= 0:
-            t.last_pic = (mi.pic + t.pid_off) & 0x7FFF
+            t.last_pic = (mi.pic + t.pid_off) & (0x7F if mi.pic_bits == 7 else 0x7FFF)
         if mi.tl0 >= 0:
             t.last_tl0 = <uint8_t>(mi.tl0 + t.tl0_off)
     else:

@@ -220,6 +220,27 @@ cdef void eng_evict(Engine e, int32_t want) noexcept nogil:
 
 # ---- NACK responder (viewer -> node) -------------------------------------------------
 
+cdef inline bint eng_rtx_budget(Engine e, Peer *p, Py_ssize_t n, double now) noexcept nogil:
+    """Retransmissions to a participant with a bandwidth estimate get at most a quarter of
+    it (token bucket, ~0.25 s deep): on a collapsing link, answering every NACK would keep
+    the link congested (each lost RTX is NACKed again)."""
+    cdef double rate = bwe_estimate(p.bwe) * 0.25 / 8.0
+    cdef double cap = rate * 0.25
+    if cap < 16000.0:
+        cap = 16000.0
+    if p.rtx_refill > 0 and now > p.rtx_refill:
+        p.rtx_tokens += (now - p.rtx_refill) * rate
+    elif p.rtx_refill == 0:
+        p.rtx_tokens = cap
+    p.rtx_refill = now
+    if p.rtx_tokens > cap:
+        p.rtx_tokens = cap
+    if p.rtx_tokens < n:
+        return False
+    p.rtx_tokens -= n
+    return True
+
+
 cdef void eng_resend(Engine e, Downtrack *t, int32_t did, Ingress *g, int32_t pos,
                      uint16_t out_seq, uint32_t ts_off, uint16_t pid_off,
                      uint8_t tl0_off, double now) noexcept nogil:
@@ -233,6 +254,9 @@ cdef void eng_resend(Engine e, Downtrack *t, int32_t did, Ingress *g, int32_t po
     cdef Peer *p = &e.peers[t.pid]
     cdef bint rtx = t.rtx_ssrc != 0
     if rtp_parse(d, n, &v) != RTP_OK:
+        return
+    if p.bwe != NULL and not eng_rtx_budget(e, p, n, now):
+        e.c[C_RTX_THROTTLED] += 1
         return
     if v.payload_type != g.payload_type:
         if t.mode == DT_PINNED and not p.tw_id:
@@ -303,7 +327,8 @@ cdef bint eng_nack_switched(Engine e, Downtrack *t, int32_t did, uint16_t seq,
         if rtp_parse(d, g.h_len[pos], &v) != RTP_OK:
             return False
         probe_codec(e.sources[g.sid].codec, d + v.header_size, v.payload_size, &mi)
-        if o.ii != t.cur_layer or (mi.tid > <int8_t>t.cur_tid and not mi.key):
+        if ((o.ii != t.cur_layer and not (t.cur_layer < 0 and o.ii == t.paused_layer))
+                or (mi.tid > <int8_t>t.cur_tid and not mi.key)):
             o.state = OM_PADDED
             eng_send_padding(e, t, did, False, seq, -1, now)
             return True

@@ -411,10 +411,17 @@ cdef void eng_rid_in(Engine e, int32_t pid, const uint8_t *d, const RtpView *v,
     cdef int64_t rid = 0
     if rtp_ext_find(d, v, p.rid_id, &off, &ln) != 1 or ln < 1 or ln > 8:
         return
-    if v.ssrc == p.rid_last_ssrc and now - p.rid_last_time < 0.2:
-        return
-    p.rid_last_ssrc = v.ssrc
-    p.rid_last_time = now
+    cdef int k, oldest = 0
+    for k in range(4):
+        if p.rid_ssrc[k] == v.ssrc and now - p.rid_time[k] < 0.2:
+            return
+        if p.rid_time[k] < p.rid_time[oldest]:
+            oldest = k
+    for k in range(4):
+        if p.rid_ssrc[k] == v.ssrc:
+            oldest = k
+    p.rid_ssrc[oldest] = v.ssrc
+    p.rid_time[oldest] = now
     for i in range(ln):
         rid = (rid << 8) | d[off + i]
     eng_push_event(e, EV_RID_, pid, v.ssrc, rid)

@@ -50,7 +50,7 @@ COUNTER_NAMES = (
     "drop_duplicate", "rtx_in", "fec_in", "nack_sent", "rtx_sent", "resend_sent", "resend_miss",
     "fec_sent", "recovered_rtx", "recovered_fec", "unrecovered", "hist_evicted",
     "layer_switches", "keyframes_in", "twcc_stamped", "twcc_unstamped", "twcc_fb_malformed",
-    "padding_sent", "gop_sent", "rid_reported",
+    "padding_sent", "gop_sent", "rid_reported", "rtx_throttled",
 )
 
 cdef enum:
@@ -110,6 +110,7 @@ cdef enum:
     C_PADDING_SENT
     C_GOP_SENT
     C_RID_REPORTED
+    C_RTX_THROTTLED
     N_COUNTERS
 
 # lost: RFC 3550 cumulative loss on the uplink before recovery; missing: holes seen;
@@ -227,8 +228,10 @@ cdef struct Peer:
     double probe_until
     double probe_next
     int32_t probe_cluster
-    uint32_t rid_last_ssrc   # RID events are not repeated for the same unknown SSRC
-    double rid_last_time
+    double rtx_tokens        # retransmission budget (bytes) when the estimate is known
+    double rtx_refill
+    uint32_t rid_ssrc[4]     # RID events are not repeated for these unknown SSRCs (200 ms)
+    double rid_time[4]
 
 
 cdef struct Ingress:
@@ -308,6 +311,7 @@ cdef struct Source:
     uint8_t codec            # CODEC_* (keyframe and temporal-layer probes)
     uint8_t switchable       # several layers or temporal layers: viewers use DT_SWITCHED
     uint8_t gop_cache        # start new viewers at the latest keyframe still held
+    uint8_t nlayers          # declared spatial layers (0 = not declared)
     double last_pli
     uint8_t nack             # NACK the publisher for holes
     uint8_t inband_fec       # the publisher sends in-band ULPFEC (its holes may be FEC)
@@ -357,6 +361,7 @@ cdef struct Downtrack:
     int8_t cur_layer         # layer forwarded now (-1 = none yet, or paused)
     int8_t tgt_layer         # layer wanted (-1 = paused; DT_PINNED: -1 = the first one seen)
     int8_t prev_layer        # layer before the last switch (its late repairs become padding)
+    int8_t paused_layer      # layer forwarded before a pause (its late repairs still go)
     uint8_t cur_tid          # highest temporal layer forwarded now (3 = all)
     uint8_t tgt_tid
     int64_t last_in          # highest extended seq of cur_ii handled

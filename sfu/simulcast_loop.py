@@ -61,6 +61,7 @@ class SimulcastController:
         self._owner: dict[int, str] = {}  # peer handle -> participant id (handles are reused)
         self._rates: dict[str, _Rates] = {}  # by track id
         self._watched: dict[str, tuple[int, ...]] = {}  # by track id
+        self._rate_cache: dict[str, tuple[LayerRate, ...]] = {}  # cleared on each sample
         self.allocations = 0
         self.probes = 0
 
@@ -68,6 +69,7 @@ class SimulcastController:
 
     def sample_rates(self) -> None:
         now = self.clock()
+        self._rate_cache.clear()
         live: set[str] = set()
         for room in self.rooms.rooms.values():
             for track in room.tracks.values():
@@ -90,6 +92,9 @@ class SimulcastController:
             del self._rates[gone]
 
     def layer_rates(self, track: Track) -> tuple[LayerRate, ...]:
+        cached = self._rate_cache.get(track.track_id)
+        if cached is not None and all(lay.ssrc for lay in track.layers):
+            return cached
         measured = self._rates.get(track.track_id)
         out = []
         tl = max(1, min(track.temporal_layers, 4))
@@ -108,7 +113,8 @@ class SimulcastController:
                 full = float(lay.max_bitrate or DEFAULT_LAYER_BPS[min(index, 3)])
                 rates = tuple(full * (t + 1) / tl for t in range(tl)) if lay.ssrc else (0.0,)
             out.append(LayerRate(index, lay.rid, lay.width, lay.height, rates))
-        return tuple(out)
+        self._rate_cache[track.track_id] = tuple(out)
+        return self._rate_cache[track.track_id]
 
     # -- estimates ---------------------------------------------------------------------------
 
@@ -212,8 +218,11 @@ class SimulcastController:
     def _maybe_probe(self, p: Participant, v: _Viewer, now: float) -> None:
         if not p.twcc_ext_id or not v.allocator.constrained:
             return
-        if int(self.engine.peer_stats[p.pid][_P["twcc_fb"]]) == 0:
+        row = self.engine.peer_stats[p.pid]
+        if int(row[_P["twcc_fb"]]) == 0:
             return      # no feedback yet: a probe would teach the estimator nothing
+        if int(row[_P["bwe_loss_ppm"]]) > 20_000 or int(row[_P["bwe_state"]]) == 1:
+            return      # losing or queueing already: more traffic would only add to it
         gap = PROBE_GAP_OK_S if v.probe_ok else PROBE_GAP_S
         if now - v.last_probe < gap:
             return

@@ -355,3 +355,25 @@ def test_cli_rejects_bad_arguments():
     with pytest.raises(SystemExit) as e:
         main(["--target", "127.0.0.1:5004", "--up-loss", "2"])
     assert e.value.code == 2
+
+
+def test_set_profile_changes_a_running_link():
+    async def main() -> None:
+        target, client = Sink(), Sink()
+        link = await LossyLink.start(target=target.addr, seed=3)
+        try:
+            await send_stream(client, link.address, 50)
+            await target.wait_count(50)
+            assert len(target.got) == 50 and link.up.dropped_loss == 0
+            link.set_profile(up=LinkProfile.iid(1.0))
+            assert link.up_profile.p == 1.0
+            await send_stream(client, link.address, 50)
+            await asyncio.sleep(0.1)
+            assert len(target.got) == 50 and link.up.dropped_loss == 50
+            with pytest.raises(ValueError):
+                link.set_profile(down="fast")  # type: ignore[arg-type]
+        finally:
+            await link.close()
+            target.close()
+            client.close()
+    run(main())

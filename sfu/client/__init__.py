@@ -1,5 +1,6 @@
 """Client library: VP8 over RTP (RFC 7741), PyAV encode/decode, publisher and subscriber
-with loss recovery (NACK/RTX, SFU-RS and ULPFEC, jitter buffer), packet probes for benches.
+with loss recovery (NACK/RTX, SFU-RS and ULPFEC, jitter buffer), simulcast publisher and
+viewer with transport-wide congestion feedback, packet probes for benches.
 
 Used by the tests, the benchmarks, ``sfu demo`` and embedding applications. Names are
 imported lazily so ``import sfu.client.vp8`` does not pay for PyAV.
@@ -25,6 +26,9 @@ _EXPORTS = {
     "SendHistory": "sfu.client.loss",
     "ProbePublisher": "sfu.client.probe",
     "ProbeSubscriber": "sfu.client.probe",
+    "SimulcastPublisher": "sfu.client.simulcast_pub",
+    "SimulcastViewer": "sfu.client.simulcast_view",
+    "TwccFeedback": "sfu.client.twcc",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -90,6 +90,8 @@ class LayerStats:
     rtx_bytes: int = 0
     sr_sent: int = 0
     keyframe_bytes: int = 0
+    # PLI/FIR received -> last packet of the keyframe answering it sent (ms), last 64
+    key_delay_ms: list[float] = field(default_factory=list)
     encode_s: float = 0.0  # wall time in this layer's encoder (thread), for the CPU check
 
 
@@ -115,6 +117,7 @@ class _Layer:
     stats: LayerStats = field(default_factory=LayerStats)
     want_keyframe: bool = True  # the first frame is forced: it restarts libvpx's period
     last_fir_seq: int | None = None
+    key_asked_at: float | None = None  # first PLI/FIR not answered yet
     paused: bool = False
     sent_first: bool = False
 
@@ -465,6 +468,10 @@ class SimulcastPublisher(RtpEndpoint):
             st.packets += 1
             st.bytes += len(payload)
         lay.picture_id = (lay.picture_id + 1) % PICTURE_ID_MOD
+        if fr.keyframe and lay.key_asked_at is not None:
+            st.key_delay_ms = (st.key_delay_ms + [(time.monotonic() - lay.key_asked_at)
+                                                  * 1000])[-64:]
+            lay.key_asked_at = None
         st.frames += 1
         st.keyframes += fr.keyframe
         st.keyframe_bytes += len(fr.data) if fr.keyframe else 0
@@ -493,7 +500,7 @@ class SimulcastPublisher(RtpEndpoint):
                 lay = self.by_ssrc.get(cast(int, pkt["media_ssrc"]))
                 if lay is not None:
                     lay.stats.plis += 1
-                    lay.want_keyframe = True
+                    self._keyframe_asked(lay)
             elif kind == "fir":
                 for entry in cast(list[dict[str, int]], pkt.get("entries", [])):
                     lay = self.by_ssrc.get(entry["ssrc"])
@@ -501,7 +508,7 @@ class SimulcastPublisher(RtpEndpoint):
                     if lay is not None and entry.get("seq_nr") != lay.last_fir_seq:
                         lay.last_fir_seq = entry.get("seq_nr")
                         lay.stats.firs += 1
-                        lay.want_keyframe = True
+                        self._keyframe_asked(lay)
             elif kind == "nack":
                 lay = self.by_ssrc.get(cast(int, pkt["media_ssrc"]))
                 if lay is not None:
@@ -514,6 +521,12 @@ class SimulcastPublisher(RtpEndpoint):
                 for block in cast(list[dict[str, int]], pkt.get("reports", [])):
                     if block.get("ssrc") in self.by_ssrc:
                         self._rtt_from(block)
+
+    @staticmethod
+    def _keyframe_asked(lay: _Layer) -> None:
+        lay.want_keyframe = True
+        if lay.key_asked_at is None:
+            lay.key_asked_at = time.monotonic()
 
     def _resend(self, lay: _Layer, seqs: list[int]) -> None:
         st = lay.stats
@@ -554,6 +567,9 @@ class SimulcastPublisher(RtpEndpoint):
                 "kbps": round(st.bytes * 8 / elapsed / 1000, 1) if elapsed else 0.0,
                 "keyframe_bytes_avg": round(st.keyframe_bytes / st.keyframes)
                 if st.keyframes else 0,
+                "pli_to_keyframe_ms": {
+                    "p50": round(sorted(st.key_delay_ms)[len(st.key_delay_ms) // 2], 1),
+                    "max": round(max(st.key_delay_ms), 1)} if st.key_delay_ms else None,
                 "encode_ms_per_frame": round(st.encode_s * 1000 / st.frames, 2)
                 if st.frames else 0.0}
         return out
