@@ -1,7 +1,9 @@
 """Simulcast switching, bandwidth adaptation and first frame (issue 4, "Measured").
 
 A host publishes three VP8 simulcast layers (q 320x180 ~150 kbit/s, h 640x360 ~500 kbit/s,
-f 1280x720 ~2.4 Mbit/s, 30 fps, L1T3; sfu.client.simulcast_pub) straight to a node running
+f 1280x720 at --top-bitrate, default 2.6 Mbit/s: with discrete layers the top one has to
+be near the 3 Mbit/s link for "steady state uses >= 85 % of the capacity" to be reachable;
+30 fps, L1T3; sfu.client.simulcast_pub) straight to a node running
 in its own process (`python -m sfu serve`). Each viewer (sfu.client.simulcast_view: TWCC
 feedback, NACK, RR, PLI, decodes every frame at once) reaches the node through its own
 bench/lossy_link.py proxy: 20 ms delay each way, and on the downlink a rate limit with a
@@ -9,8 +11,11 @@ tail-drop queue of ~250 ms at that rate (queue_packets = rate x 0.25 s / 1200 B,
 
 1. up-switch: a viewer on a 6 Mbit/s link pinned to "q" (track.set_preferences
    max_layer="q"), after --warmup s (default 5: the node's estimate has to ramp up from what
-   q alone carries), toggles max_layer to "f" and back every ~3 s. Per up-switch: request (just
-   before the call) → first decoded 1280x720 frame; the longest gap between decoded frames
+   q alone carries), toggles max_layer to "f" and back every ~3 s. Per up-switch: request →
+   first decoded 1280x720 frame, where the request is the node's switch request (its
+   `subscription.target_changed` event to f, stamped with the node's CLOCK_MONOTONIC, which
+   this process shares): `upswitch_*`; from just before the set_preferences call (including
+   any probing the estimate needed first): `pref_to_frame_*`; the longest gap between decoded frames
    from 1 s before to 2 s after every switch; decoder errors; the subscription's RTT from
    stats.get (downtrack rtt_us), or the links' 40 ms when the node reports none.
 2. capacity step: a viewer on a 3 Mbit/s link, steady state (link bits delivered in the last
@@ -85,6 +90,18 @@ class Node:
     ctl: Client
     pid: int
     control_path: str
+    events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def targets(self, subscription: str, layer: str, after: float) -> float | None:
+        """The node's monotonic time of its first switch request (target_changed) to
+        `layer` for `subscription` at or after `after` (CLOCK_MONOTONIC is system-wide)."""
+        for e in self.events:
+            d = e.get("data", {})
+            if (e.get("event") == "subscription.target_changed"
+                    and d.get("subscription") == subscription and d.get("layer") == layer
+                    and d.get("at", 0.0) >= after):
+                return float(d["at"])
+        return None
 
 
 @contextlib.asynccontextmanager
@@ -105,10 +122,20 @@ async def node_process(gop_cache: bool = True) -> AsyncIterator[Node]:
                                        f"{' '.join(cmd[3:])}")
                 await asyncio.sleep(0.05)
             client = await Client.connect_unix(sock)
+            watcher = await Client.connect_unix(sock)
+            node = Node(("127.0.0.1", port), client, proc.pid, sock)
+            await watcher.subscribe_events([ROOM])
+
+            async def collect() -> None:
+                async for event in watcher.events():
+                    node.events.append(event)
+            task = asyncio.create_task(collect())
             try:
-                yield Node(("127.0.0.1", port), client, proc.pid, sock)
+                yield node
             finally:
+                task.cancel()
                 await client.close()
+                await watcher.close()
         finally:
             proc.terminate()
             try:
@@ -181,6 +208,16 @@ async def sub_stats(node: Node, viewer: Viewer) -> dict[str, Any]:
     return {"bandwidth": st.get("bandwidth") or {}}
 
 
+def _gap_at(frames: list[DecodedFrame], lo: float, hi: float) -> float:
+    """Start of the longest gap between decoded frames in [lo, hi] (diagnostics)."""
+    ts = [fr.t for fr in frames if lo <= fr.t <= hi]
+    best, at = 0.0, lo
+    for a, b in zip(ts, ts[1:], strict=False):
+        if b - a > best:
+            best, at = b - a, a
+    return at
+
+
 def layer_of(fr: DecodedFrame) -> str:
     return LAYER_BY_HEIGHT.get(fr.height, f"{fr.width}x{fr.height}")
 
@@ -229,7 +266,8 @@ async def upswitch(node: Node, track: str, args: argparse.Namespace) -> dict[str
         await wait_for(lambda: bool(v.frames), 5.0)
         await asyncio.sleep(args.warmup)  # the estimate ramps up before the first switch
         switches: list[tuple[float, str]] = []
-        lat: list[float] = []
+        lat: list[float] = []      # node's switch request -> first decoded f frame
+        pref: list[float] = []     # set_preferences call -> first decoded f frame
         not_from_q = 0
         rtts: list[float] = []
         for i in range(args.switches):
@@ -244,13 +282,17 @@ async def upswitch(node: Node, track: str, args: argparse.Namespace) -> dict[str
             if before is not None and layer_of(before) == "f":
                 not_from_q += 1  # still on f from the last cycle: not an up-switch
             elif hit is not None:
-                lat.append((hit - t) * 1000)
+                pref.append((hit - t) * 1000)
+                asked = node.targets(vw.subscription, "f", t)
+                if asked is not None:
+                    lat.append((hit - asked) * 1000)
             st = await sub_stats(node, vw)
             rtt_us = st.get("downtrack", {}).get("rtt_us", 0)
             if rtt_us:
                 rtts.append(rtt_us / 1000)
             log(f"  [switch {i + 1}/{args.switches}] up: "
-                f"{'timeout' if hit is None else f'{(hit - t) * 1000:.0f} ms'}, target "
+                f"{'timeout' if hit is None else f'{(hit - t) * 1000:.0f} ms'}"
+                f" (from the node's request: {f'{lat[-1]:.0f} ms' if lat else '-'}), target "
                 f"{res.get('target')}, node layer {st.get('layer', {}).get('current')}, "
                 f"estimate {st['bandwidth'].get('estimate_bps')}, rtt {rtt_us / 1000:.0f} ms")
             await asyncio.sleep(max(0.0, args.period - (got or args.period)))
@@ -265,6 +307,8 @@ async def upswitch(node: Node, track: str, args: argparse.Namespace) -> dict[str
         rtt = statistics.median(rtts) if rtts else 2 * DELAY_MS
         out = {"upswitch_p50_ms": pct(lat, 0.5), "upswitch_p95_ms": pct(lat, 0.95),
                "upswitch_ms": [round(x, 1) for x in lat], "upswitch_timeouts": timeouts,
+               "pref_to_frame_p50_ms": pct(pref, 0.5), "pref_to_frame_p95_ms": pct(pref, 0.95),
+               "pref_to_frame_ms": [round(x, 1) for x in pref],
                "upswitch_not_from_q": not_from_q, "rtt_ms": round(rtt, 1),
                "rtt_source": "stats.get rtt_us" if rtts else "link delay (node reported none)",
                "max_gap_ms": round(max(gaps), 1) if gaps else None,
@@ -314,13 +358,22 @@ async def capacity_step(node: Node, track: str, args: argparse.Namespace) -> dic
         out["layer_before_step"] = before[-1] if before else None
         # Step down.
         s1, l1 = d.sent, d.dropped_queue + d.dropped_loss
+        vs_step = v.stats()
         t_step = time.monotonic()
         set_rate(vw.link, lo)
         node_layer: list[str | None] = [st0.get("layer", {}).get("current")]
         down_at = None
+        room_stats = await node.ctl.call("stats.get", room=ROOM)
+        out["layer_rates_at_step"] = [t.get("layers") for t in room_stats.get("tracks", [])]
+        trace: list[tuple[float, Any, Any, Any]] = []
         while time.monotonic() - t_step < max(5.0, args.step_wait):
             st = await sub_stats(node, vw)
             node_layer.append(st.get("layer", {}).get("current"))
+            if time.monotonic() - t_step < 2.0:
+                trace.append((round(time.monotonic() - t_step, 3),
+                              st["bandwidth"].get("estimate_bps"),
+                              st.get("layer", {}).get("target"),
+                              st.get("layer", {}).get("target_temporal")))
             fit = [fr for fr in v.frames if fr.t >= t_step and layer_of(fr) in ("h", "q")]
             if down_at is None and fit and node_layer[-1] in ("h", "q"):
                 down_at = time.monotonic() - t_step
@@ -329,8 +382,40 @@ async def capacity_step(node: Node, track: str, args: argparse.Namespace) -> dic
             if time.monotonic() - t_step >= 5.0 and "step_loss" not in out:
                 out["step_loss"] = round((d.dropped_queue + d.dropped_loss - l1)
                                          / max(1, d.sent - s1), 4)
+                # What the node sent in those 5 s, by kind (bytes): media, RTX, padding.
+                dt1, dt0 = st.get("downtrack", {}), st0.get("downtrack", {})
+                out["step_node_sent"] = {
+                    k: dt1.get(k, 0) - dt0.get(k, 0)
+                    for k in ("packets", "bytes", "rtx_sent", "rtx_bytes", "padding_sent")}
+                out["step_link_sent"] = d.sent - s1
+                # What the viewer lost for good (after NACK/RTX) in those 5 s: media seqs.
+                vs_now = v.stats()
+                out["step_viewer_unrecovered"] = vs_now["unrecovered"] - vs_step["unrecovered"]
+                out["step_viewer_rx"] = vs_now["rx_packets"] - vs_step["rx_packets"]
+                out["step_viewer_loss"] = round(out["step_viewer_unrecovered"] / max(
+                    1, out["step_viewer_unrecovered"] + out["step_viewer_rx"]
+                    - (vs_now["padding"] - vs_step["padding"])), 4)
             await asyncio.sleep(0.05)
         out["downswitch_s"] = None if down_at is None else round(down_at, 3)
+        out["step_trace"] = trace
+        # When the node started forwarding a fitting layer (its layer_changed event); the
+        # viewer then still has to get that layer's keyframe through the full queue.
+        node_down = [e["data"]["at"] - t_step for e in node.events
+                     if e["event"] == "subscription.layer_changed"
+                     and e["data"].get("participant") == vw.name
+                     and e["data"].get("layer") in ("h", "q")
+                     and e["data"].get("at", -1) >= t_step]
+        out["downswitch_node_s"] = round(node_down[0], 3) if node_down else None
+        # The node's view after the step: its estimates and targets for this viewer.
+        out["step_timeline"] = [
+            (round(e["data"]["at"] - t_step, 3), e["event"].split(".")[1],
+             e["data"].get("estimate_bps", e["data"].get("layer")),
+             e["data"].get("temporal"))
+            for e in node.events if e["event"] in ("participant.bandwidth",
+                                                   "subscription.target_changed",
+                                                   "subscription.layer_changed")
+            and e["data"].get("participant") == vw.name
+            and 0 <= e["data"].get("at", -1) - t_step <= 3.0][:40]
         log(f"  [step] 0.8 Mbit/s: fits after {out['downswitch_s']} s, "
             f"loss {out.get('step_loss')}")
         # Step back up.
@@ -385,7 +470,10 @@ async def isolation(node: Node, track: str, args: argparse.Namespace) -> dict[st
                "isolation_bad_layer": max(set(bw), key=bw.count) if bw else None,
                "isolation_bad_fps": round(len(bw) / (t1 - t0), 1),
                "isolation_bad_link": bad.link.down.line(),
-               "decoder_errors_isolation": good.v.decoder_errors + bad.v.decoder_errors}
+               "decoder_errors_isolation": good.v.decoder_errors + bad.v.decoder_errors,
+               "isolation_good_link": good.link.down.line(),
+               "isolation_good_viewer": good.v.stats(),
+               "isolation_good_gap_at": round(_gap_at(good.v.frames, t0, t1) - t0, 3)}
         log(f"  [isolation] good: {good_layers} gap {gap:.0f} ms; bad: "
             f"{out['isolation_bad_layer']} at {out['isolation_bad_fps']} fps")
         return out
@@ -594,16 +682,19 @@ if __name__ == "__main__":
     ap.add_argument("--isolation", type=float, default=20.0, help="s measured in scenario 4")
     ap.add_argument("--keyframe-interval", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--queue-s", type=float, default=QUEUE_S,
+                    help="bottleneck queue in seconds at the link rate (default 0.25)")
     ap.add_argument("--publisher-child", metavar="CONTROL_SOCKET", help=argparse.SUPPRESS)
-    ap.add_argument("--top-bitrate", type=int, default=2_400_000,
+    ap.add_argument("--top-bitrate", type=int, default=2_600_000,
                     help="bit/s of layer f (lower it to see switching under a capped estimate)")
     ns = ap.parse_args()
     if ns.quick:
         ns.steady, ns.step_wait, ns.up_wait, ns.isolation = 12.0, 6.0, 10.0, 10.0
     ns.switches = ns.switches or (10 if ns.quick else 30)
     ns.joins = ns.joins or (5 if ns.quick else 10)
-    if ns.steady < 6.0 or ns.switches < 1 or ns.joins < 1:
-        ap.error("--steady must be >= 6 s; --switches and --joins >= 1")
+    if ns.steady < 6.0 or ns.switches < 1 or ns.joins < 1 or not 0.02 <= ns.queue_s <= 5:
+        ap.error("--steady must be >= 6 s; --switches and --joins >= 1; --queue-s 0.02..5")
+    QUEUE_S = ns.queue_s
     if ns.publisher_child:
         asyncio.run(publisher_child(ns.publisher_child, ns))
         sys.exit(0)

@@ -308,6 +308,7 @@ cdef int eng_dt_map(Engine e, Downtrack *t, int32_t did, Ingress *g, const RtpVi
     cdef int64_t gap, j
     cdef OutEntry *o
     cdef bint drop
+    cdef uint8_t want
     # A late repair of the frames sent before a pause still belongs to the viewer's stream.
     cdef bint tail = t.cur_layer < 0 and ii == t.paused_layer and ext <= t.last_in
     if ii != t.cur_layer and not tail:
@@ -338,11 +339,14 @@ cdef int eng_dt_map(Engine e, Downtrack *t, int32_t did, Ingress *g, const RtpVi
                 e.ds[did * N_DT_FIELDS + D_LAYER] = -1
                 eng_push_event(e, EV_LAYER_, did, -1, t.cur_tid)
                 return 0
-            if t.tgt_tid < t.cur_tid:
-                t.cur_tid = t.tgt_tid         # down: at once (this frame)
-            elif t.tgt_tid > t.cur_tid and (mi.key or mi.tid <= 0 or
-                                            (mi.sync and mi.tid <= t.tgt_tid)):
-                t.cur_tid = t.tgt_tid         # up: where the decoder can follow
+            want = t.tgt_tid
+            if 0 <= t.tgt_layer < t.cur_layer:
+                want = 0    # going down for bandwidth: the old layer's base rate until then
+            if want < t.cur_tid:
+                t.cur_tid = want              # down: at once (this frame)
+            elif want > t.cur_tid and (mi.key or mi.tid <= 0 or
+                                       (mi.sync and mi.tid <= want)):
+                t.cur_tid = want              # up: where the decoder can follow
             e.ds[did * N_DT_FIELDS + D_TEMPORAL] = t.cur_tid
         gap = ext - t.last_in - 1
         drop = mi.tid > <int8_t>t.cur_tid and not mi.key

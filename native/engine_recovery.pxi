@@ -309,7 +309,18 @@ cdef bint eng_nack_switched(Engine e, Downtrack *t, int32_t did, uint16_t seq,
     cdef const uint8_t *d
     if o == NULL:
         return False
+    if t.cur_layer >= 0 and o.ii != t.cur_layer:
+        # A layer the viewer has left: its decoder moved on to the new layer's keyframe, so
+        # the old packet is useless. Not answered: on a link that just collapsed (the usual
+        # reason to switch down) every answer would compete with that keyframe.
+        return True
     if o.state == OM_PADDED:
+        # Padding stands in for a packet the viewer must not get (a filtered layer).
+        if e.peers[t.pid].bwe != NULL and not eng_rtx_budget(e, &e.peers[t.pid],
+                                                             12 + 8 + PAD_BYTES, now):
+            e.c[C_RTX_THROTTLED] += 1
+            return True
+        o.state = OM_PADDED
         eng_send_padding(e, t, did, False, seq, -1, now)
         return True
     iid = eng_layer_iid(e, &e.sources[t.sid], o.ii)

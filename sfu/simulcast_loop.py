@@ -23,10 +23,15 @@ _D = {name: i for i, name in enumerate(_native.DOWNTRACK_FIELDS)}
 _P = {name: i for i, name in enumerate(_native.PEER_FIELDS)}
 START_BPS = 1_000_000  # a viewer's estimate before any feedback
 DEFAULT_LAYER_BPS = (150_000, 500_000, 2_500_000, 4_000_000)  # until a layer is measured
-RATE_WINDOW_S = 1.0  # layer rates: bytes over about this long
+RATE_WINDOW_S = 1.0  # layer rates: bytes over about this long, ...
+RATE_EWMA = 0.35  # ... smoothed with this weight for the newest window
+UP_HEADROOM_TWCC = 1.05  # GCC's estimate is already a measured, conservative figure
+UP_HEADROOM_RR = 1.15  # loss-only / REMB estimates are coarser
 PROBE_GAP_OK_S = 0.5  # probe again this soon after a probe that raised the estimate
 PROBE_GAP_S = 3.0  # ... and after one that did not
 PROBE_S = 0.25  # probe length
+ALR_PROBE_S = 5.0  # held below its subscriptions by preferences: probe this often ...
+ALR_HEADROOM = 1.2  # ... until the estimate covers all of them with this margin
 BANDWIDTH_EVENT_CHANGE = 0.15  # participant.bandwidth on a change this large (or every 5 s)
 PRIORITY = {"host": 0, "cohost": 1}
 
@@ -87,6 +92,12 @@ class SimulcastController:
                     continue
                 rates = {layer: [max(0.0, (b - prev.bytes.get(layer, [0] * 4)[t]) * 8 / dt)
                                  for t, b in enumerate(tids)] for layer, tids in counts.items()}
+                # Smoothed over a few windows: a keyframe must not look like a rate step.
+                for layer, per_tid in rates.items():
+                    old = prev.rates.get(layer)
+                    if old is not None and per_tid[0] > 0:
+                        rates[layer] = [RATE_EWMA * r + (1 - RATE_EWMA) * o
+                                        for r, o in zip(per_tid, old, strict=True)]
                 self._rates[track.track_id] = _Rates(now, counts, rates)
         for gone in set(self._rates) - live:
             del self._rates[gone]
@@ -120,7 +131,8 @@ class SimulcastController:
 
     def _viewer(self, p: Participant) -> _Viewer:
         if self._owner.get(p.pid) != p.participant_id:
-            self._viewers[p.pid] = _Viewer()
+            self._viewers[p.pid] = _Viewer(Allocator(
+                up_headroom=UP_HEADROOM_TWCC if p.twcc_ext_id else UP_HEADROOM_RR))
             self._owner[p.pid] = p.participant_id
         return self._viewers[p.pid]
 
@@ -160,7 +172,7 @@ class SimulcastController:
             v.reported, v.reported_at = v.estimate, now
             self.rooms.emit(p.room_id, "participant.bandwidth", {
                 "participant": p.participant_id, "estimate_bps": int(v.estimate),
-                "source": v.source})
+                "source": v.source, "at": round(now, 6)})
 
     # -- allocation --------------------------------------------------------------------------
 
@@ -197,7 +209,10 @@ class SimulcastController:
         for sub, track in subs:
             if track.kind == "video":
                 self._apply(sub, track, choices[sub.subscription_id], now)
-        self._maybe_probe(p, v, now)
+        # What the viewer would take with no preferences: every subscription's best layer.
+        ceiling = sum(max((lr.rate(len(lr.rates) - 1) for lr in d.layers), default=0.0)
+                      for d in demands)
+        self._maybe_probe(p, v, now, ceiling, sum(c.bps for c in choices.values()))
 
     def _apply(self, sub: Subscription, track: Track, c: Choice, now: float) -> None:
         temporal = c.temporal if track.temporal_layers > 1 else 3
@@ -215,21 +230,32 @@ class SimulcastController:
             "bps": int(c.bps), "reason": c.reason, "at": round(now, 6)})
         self._update_watched(track)
 
-    def _maybe_probe(self, p: Participant, v: _Viewer, now: float) -> None:
-        if not p.twcc_ext_id or not v.allocator.constrained:
+    def _maybe_probe(self, p: Participant, v: _Viewer, now: float, ceiling: float,
+                     sending: float) -> None:
+        """Probe when the viewer could use more than its estimate (constrained), and, every
+        ALR_PROBE_S, when its preferences hold it below what it subscribed to (so a lifted
+        preference finds the estimate ready instead of waiting for probes). The padding
+        tops up what the media already sends (`sending`) to the probe rate."""
+        if not p.twcc_ext_id:
             return
+        if not v.allocator.constrained:
+            if (sending >= 0.9 * ceiling or v.estimate >= ceiling * ALR_HEADROOM
+                    or now - v.last_probe < ALR_PROBE_S):
+                return
+            want = ceiling * ALR_HEADROOM
+        else:
+            want = v.allocator.wanted_bps() * 1.1
         row = self.engine.peer_stats[p.pid]
         if int(row[_P["twcc_fb"]]) == 0:
             return      # no feedback yet: a probe would teach the estimator nothing
-        if int(row[_P["bwe_loss_ppm"]]) > 20_000 or int(row[_P["bwe_state"]]) == 1:
+        if int(row[_P["bwe_loss_ppm"]]) > 100_000 or int(row[_P["bwe_state"]]) == 1:
             return      # losing or queueing already: more traffic would only add to it
         gap = PROBE_GAP_OK_S if v.probe_ok else PROBE_GAP_S
-        if now - v.last_probe < gap:
+        if now - v.last_probe < gap or want <= v.estimate:
             return
-        want = v.allocator.wanted_bps()
-        if want <= v.estimate:
+        rate = min(want, v.estimate * 3.0) - sending     # padding on top of the media
+        if rate < 50_000:
             return
-        rate = min(want * 1.1, v.estimate * 3.0)
         if self.engine.probe(p.pid, rate, PROBE_S, now):
             self.probes += 1
             v.last_probe = now
