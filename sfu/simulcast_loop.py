@@ -10,6 +10,7 @@ changes, bandwidth, watched layers).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,11 @@ RATE_WINDOW_S = 1.0  # layer rates: bytes over about this long, ...
 RATE_EWMA = 0.35  # ... smoothed with this weight for the newest window
 UP_HEADROOM_TWCC = 1.05  # GCC's estimate is already a measured, conservative figure
 UP_HEADROOM_RR = 1.15  # loss-only / REMB estimates are coarser
+# GCC cuts to 0.85 x the acked rate on overuse and dips below a layer that fits: stay on a
+# layer until the estimate is 10 % under its rate (a real collapse falls far below that).
+DOWN_MARGIN_TWCC = 1.1
+COLLAPSE = 0.5  # a new target under half the layer being sent: the link collapsed ...
+COLLAPSE_DRAIN_S = 0.3  # ... pause this long (a bottleneck queue's worth) before switching
 PROBE_GAP_OK_S = 0.5  # probe again this soon after a probe that raised the estimate
 PROBE_GAP_S = 3.0  # ... and after one that did not
 PROBE_S = 0.25  # probe length
@@ -45,6 +51,7 @@ class _Viewer:
     last_probe: float = -1e9
     probe_from: float = 0.0  # estimate when the last probe started
     probe_ok: bool = False
+    probe_fails: int = 0  # probes in a row that found no headroom (backs the next one off)
     reported: float = 0.0
     reported_at: float = -1e9
 
@@ -67,6 +74,7 @@ class SimulcastController:
         self._rates: dict[str, _Rates] = {}  # by track id
         self._watched: dict[str, tuple[int, ...]] = {}  # by track id
         self._rate_cache: dict[str, tuple[LayerRate, ...]] = {}  # cleared on each sample
+        self._drain: dict[int, asyncio.TimerHandle] = {}  # downtrack -> delayed switch
         self.allocations = 0
         self.probes = 0
 
@@ -132,7 +140,8 @@ class SimulcastController:
     def _viewer(self, p: Participant) -> _Viewer:
         if self._owner.get(p.pid) != p.participant_id:
             self._viewers[p.pid] = _Viewer(Allocator(
-                up_headroom=UP_HEADROOM_TWCC if p.twcc_ext_id else UP_HEADROOM_RR))
+                up_headroom=UP_HEADROOM_TWCC if p.twcc_ext_id else UP_HEADROOM_RR,
+                down_margin=DOWN_MARGIN_TWCC if p.twcc_ext_id else 1.0))
             self._owner[p.pid] = p.participant_id
         return self._viewers[p.pid]
 
@@ -143,8 +152,9 @@ class SimulcastController:
         v = self._viewer(p)
         v.estimate = float(estimate_bps)
         v.source = "twcc"
-        if v.probe_from and estimate_bps > v.probe_from * 1.1:
+        if v.probe_from and estimate_bps > v.probe_from * 1.1 and not v.probe_ok:
             v.probe_ok = True
+            v.probe_fails = 0
         self._report(p, v)
         self.allocate(p)
 
@@ -220,8 +230,20 @@ class SimulcastController:
         if target == sub.target:
             return
         sub.target = target
-        self.engine.set_downtrack_layer(sub.did, -1 if c.spatial is None else c.spatial,
-                                        temporal, now)
+        pending = self._drain.pop(sub.did, None)
+        if pending is not None:
+            pending.cancel()
+        layer = -1 if c.spatial is None else c.spatial
+        if (c.reason == "bandwidth" and sub.layer is not None and 0 <= layer < sub.layer
+                and c.bps < COLLAPSE * self._layer_bps(track, sub.layer)):
+            # The link collapsed under the layer being sent (the estimate fell far below
+            # it): stop now and ask for the new layer's keyframe once the bottleneck queue
+            # has drained, or that keyframe is lost in the queue the old layer filled.
+            self.engine.set_downtrack_layer(sub.did, -1, temporal, now)
+            self._drain[sub.did] = asyncio.get_running_loop().call_later(
+                COLLAPSE_DRAIN_S, self._resume, sub, layer, temporal)
+        else:
+            self.engine.set_downtrack_layer(sub.did, layer, temporal, now)
         if not track.switchable:
             return      # one layer, every frame: nothing to choose, nothing to announce
         self.rooms.emit(sub.room_id, "subscription.target_changed", {
@@ -229,6 +251,15 @@ class SimulcastController:
             "track": sub.track_id, "layer": self._rid(track, c.spatial), "temporal": temporal,
             "bps": int(c.bps), "reason": c.reason, "at": round(now, 6)})
         self._update_watched(track)
+
+    def _resume(self, sub: Subscription, layer: int, temporal: int) -> None:
+        self._drain.pop(sub.did, None)
+        if self.rooms.by_did.get(sub.did) is sub and sub.target == (layer, temporal):
+            self.engine.set_downtrack_layer(sub.did, layer, temporal, self.clock())
+
+    def _layer_bps(self, track: Track, layer: int) -> float:
+        rates = self.layer_rates(track)
+        return rates[layer].rate(len(rates[layer].rates) - 1) if layer < len(rates) else 0.0
 
     def _maybe_probe(self, p: Participant, v: _Viewer, now: float, ceiling: float,
                      sending: float) -> None:
@@ -250,7 +281,9 @@ class SimulcastController:
             return      # no feedback yet: a probe would teach the estimator nothing
         if int(row[_P["bwe_loss_ppm"]]) > 100_000 or int(row[_P["bwe_state"]]) == 1:
             return      # losing or queueing already: more traffic would only add to it
-        gap = PROBE_GAP_OK_S if v.probe_ok else PROBE_GAP_S
+        # After probes that found no headroom the link is full: back off (3, 6, 12, 24 s),
+        # since each probe briefly fills its queue (delay for every packet behind it).
+        gap = PROBE_GAP_OK_S if v.probe_ok else PROBE_GAP_S * 2 ** min(v.probe_fails, 3)
         if now - v.last_probe < gap or want <= v.estimate:
             return
         rate = min(want, v.estimate * 3.0) - sending     # padding on top of the media
@@ -258,6 +291,8 @@ class SimulcastController:
             return
         if self.engine.probe(p.pid, rate, PROBE_S, now):
             self.probes += 1
+            if v.last_probe > 0 and not v.probe_ok:
+                v.probe_fails += 1
             v.last_probe = now
             v.probe_from = v.estimate
             v.probe_ok = False
