@@ -34,8 +34,9 @@ DOWN_MARGIN_TWCC = 1.1
 COLLAPSE = 0.5  # a new target under half the layer being sent: the link collapsed ...
 COLLAPSE_DRAIN_S = 0.3  # ... pause this long (a bottleneck queue's worth) before switching
 PROBE_GAP_OK_S = 0.5  # probe again this soon after a probe that raised the estimate
-PROBE_GAP_S = 3.0  # ... and after one that did not
-PROBE_S = 0.25  # probe length
+PROBE_GAP_S = 2.0  # ... and after one that did not
+PROBE_S = 0.15  # probe length
+PROBE_STEP = 2.0  # a probe asks for at most this times the estimate
 ALR_PROBE_S = 5.0  # held below its subscriptions by preferences: probe this often ...
 ALR_HEADROOM = 1.2  # ... until the estimate covers all of them with this margin
 BANDWIDTH_EVENT_CHANGE = 0.15  # participant.bandwidth on a change this large (or every 5 s)
@@ -51,7 +52,6 @@ class _Viewer:
     last_probe: float = -1e9
     probe_from: float = 0.0  # estimate when the last probe started
     probe_ok: bool = False
-    probe_fails: int = 0  # probes in a row that found no headroom (backs the next one off)
     reported: float = 0.0
     reported_at: float = -1e9
 
@@ -152,9 +152,8 @@ class SimulcastController:
         v = self._viewer(p)
         v.estimate = float(estimate_bps)
         v.source = "twcc"
-        if v.probe_from and estimate_bps > v.probe_from * 1.1 and not v.probe_ok:
+        if v.probe_from and estimate_bps > v.probe_from * 1.1:
             v.probe_ok = True
-            v.probe_fails = 0
         self._report(p, v)
         self.allocate(p)
 
@@ -281,18 +280,16 @@ class SimulcastController:
             return      # no feedback yet: a probe would teach the estimator nothing
         if int(row[_P["bwe_loss_ppm"]]) > 100_000 or int(row[_P["bwe_state"]]) == 1:
             return      # losing or queueing already: more traffic would only add to it
-        # After probes that found no headroom the link is full: back off (3, 6, 12, 24 s),
-        # since each probe briefly fills its queue (delay for every packet behind it).
-        gap = PROBE_GAP_OK_S if v.probe_ok else PROBE_GAP_S * 2 ** min(v.probe_fails, 3)
+        # Probes that find headroom come back to back; after one that did not, wait: each
+        # probe fills the bottleneck queue for a moment (delay for the packets behind it).
+        gap = PROBE_GAP_OK_S if v.probe_ok else PROBE_GAP_S
         if now - v.last_probe < gap or want <= v.estimate:
             return
-        rate = min(want, v.estimate * 3.0) - sending     # padding on top of the media
+        rate = min(want, v.estimate * PROBE_STEP) - sending     # padding on top of media
         if rate < 50_000:
             return
         if self.engine.probe(p.pid, rate, PROBE_S, now):
             self.probes += 1
-            if v.last_probe > 0 and not v.probe_ok:
-                v.probe_fails += 1
             v.last_probe = now
             v.probe_from = v.estimate
             v.probe_ok = False
