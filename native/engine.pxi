@@ -218,6 +218,7 @@ cdef class Engine:
         if self.dts != NULL:
             for i in range(self.max_downtracks):
                 free(self.dts[i].om)
+                free(self.dts[i].om_in)
         if self.peers != NULL:
             for i in range(self.max_peers):
                 if self.peers[i].bwe != NULL:
@@ -470,7 +471,9 @@ cdef class Engine:
             # layer it starts on, every temporal layer, constant deltas.
             t.mode = DT_PINNED
             free(t.om)
+            free(t.om_in)
             t.om = NULL
+            t.om_in = NULL
         t.nack = nack
         if rtx_ssrc != t.rtx_ssrc:
             t.rtx_seq = <uint16_t>self._rand32()
@@ -645,6 +648,7 @@ cdef class Engine:
         cdef Downtrack *d
         cdef int did
         cdef int32_t *grown
+        cdef int i
         self._peer(pid)
         if not 0 <= out_pt <= 127:
             raise ValueError("out_pt must be 0..127")
@@ -681,8 +685,15 @@ cdef class Engine:
         d.paused_layer = -1
         if s.switchable:
             d.om = <OutEntry*>calloc(OM_VIDEO, sizeof(OutEntry))
-            if d.om == NULL:
+            d.om_in = <int64_t*>malloc(OM_VIDEO * sizeof(int64_t))
+            if d.om == NULL or d.om_in == NULL:
+                free(d.om)
+                free(d.om_in)
+                d.om = NULL
+                d.om_in = NULL
                 raise MemoryError()
+            for i in range(OM_VIDEO):
+                d.om_in[i] = -1
             d.mode = DT_SWITCHED     # nothing flows until set_downtrack_layer
         s.dts[s.ndts] = did
         s.ndts += 1
@@ -714,7 +725,9 @@ cdef class Engine:
             self.dts[d.peer_next].peer_prev = d.peer_prev
         map_del(&self.out_map, d.out_ssrc)
         free(d.om)
+        free(d.om_in)
         d.om = NULL
+        d.om_in = NULL
         d.alive = 0
         d.fec_m = 0
         eng_update_blk_m(self, d.sid)

@@ -207,21 +207,27 @@ cdef inline OutEntry *om_by_out(Downtrack *t, uint16_t seq) noexcept nogil:
     return o
 
 
-cdef OutEntry *om_by_in(Downtrack *t, uint8_t ii, int64_t in_ext) noexcept nogil:
-    """The entry of a held-back seq (a hole being repaired); scans back from the top."""
+cdef inline void om_reserve(Downtrack *t, int64_t in_ext, uint8_t ii) noexcept nogil:
+    """Keep the next viewer seq for a hole at in_ext (its repair may still come)."""
+    t.out_top += 1
+    om_put(t, t.out_top, in_ext, ii, OM_RESERVED)
+    t.om_in[in_ext & (OM_VIDEO - 1)] = t.out_top
+
+
+cdef inline OutEntry *om_by_in(Downtrack *t, uint8_t ii, int64_t in_ext) noexcept nogil:
+    """The entry of a held-back seq (a hole being repaired), in O(1): holes are indexed by
+    their extended seq when reserved (a late packet is checked against the entry)."""
     cdef int64_t x
     cdef OutEntry *o
-    x = t.out_top
-    while x > t.out_top - OM_VIDEO and x >= 0:
-        o = &t.om[x & (OM_VIDEO - 1)]
-        if o.out_ext != x:
-            return NULL
-        if o.ii == ii and o.in_ext == in_ext:
-            return o
-        if o.ii == ii and o.in_ext < in_ext:
-            return NULL     # the map is increasing per layer: it is not there
-        x -= 1
-    return NULL
+    if t.om == NULL:
+        return NULL
+    x = t.om_in[in_ext & (OM_VIDEO - 1)]
+    if x < 0 or x <= t.out_top - OM_VIDEO:
+        return NULL
+    o = &t.om[x & (OM_VIDEO - 1)]
+    if o.out_ext != x or o.ii != ii or o.in_ext != in_ext:
+        return NULL
+    return o
 
 
 # ---- layer switching -----------------------------------------------------------------
@@ -308,7 +314,7 @@ cdef int eng_dt_map(Engine e, Downtrack *t, int32_t did, Ingress *g, const RtpVi
     cdef int64_t gap, j
     cdef OutEntry *o
     cdef bint drop
-    cdef uint8_t want
+    cdef uint8_t want, was
     # A late repair of the frames sent before a pause still belongs to the viewer's stream.
     cdef bint tail = t.cur_layer < 0 and ii == t.paused_layer and ext <= t.last_in
     if ii != t.cur_layer and not tail:
@@ -331,14 +337,14 @@ cdef int eng_dt_map(Engine e, Downtrack *t, int32_t did, Ingress *g, const RtpVi
                 gap = ext - t.last_in - 1
                 if 0 < gap <= OM_VIDEO // 4:
                     for j in range(1, gap + 1):
-                        t.out_top += 1
-                        om_put(t, t.out_top, t.last_in + j, ii, OM_RESERVED)
+                        om_reserve(t, t.last_in + j, ii)
                 t.last_in = ext - 1
                 t.paused_layer = t.cur_layer
                 t.cur_layer = -1
                 e.ds[did * N_DT_FIELDS + D_LAYER] = -1
                 eng_push_event(e, EV_LAYER_, did, -1, t.cur_tid)
                 return 0
+            was = t.cur_tid
             want = t.tgt_tid
             if 0 <= t.tgt_layer < t.cur_layer:
                 want = 0    # going down for bandwidth: the old layer's base rate until then
@@ -347,15 +353,15 @@ cdef int eng_dt_map(Engine e, Downtrack *t, int32_t did, Ingress *g, const RtpVi
             elif want > t.cur_tid and (mi.key or mi.tid <= 0 or
                                        (mi.sync and mi.tid <= want)):
                 t.cur_tid = want              # up: where the decoder can follow
-            e.ds[did * N_DT_FIELDS + D_TEMPORAL] = t.cur_tid
+            if was != t.cur_tid:
+                e.ds[did * N_DT_FIELDS + D_TEMPORAL] = t.cur_tid
         gap = ext - t.last_in - 1
         drop = mi.tid > <int8_t>t.cur_tid and not mi.key
         if gap > OM_VIDEO // 4:
             t.seg_in = ext          # a jump: no holes kept (the viewer sees a clean run)
         else:
             for j in range(1, gap + 1):
-                t.out_top += 1
-                om_put(t, t.out_top, t.last_in + j, ii, OM_RESERVED)
+                om_reserve(t, t.last_in + j, ii)
         t.last_in = ext
         if drop:
             if mi.pic >= 0 and mi.pic != t.drop_pic:

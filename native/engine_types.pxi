@@ -213,21 +213,22 @@ cdef struct Peer:
     int32_t tid
     uint8_t alive
     uint8_t bound
+    # Transport-wide congestion control toward this participant (engine_layers.pxi); next to
+    # the address because every copy sent to it reads them.
+    uint8_t tw_id            # one-byte extension id stamped on everything sent to it (0 = off)
+    uint8_t rid_id           # RtpStreamId extension id of its simulcast packets (0 = none)
     sockaddr_in addr
+    Bwe *bwe
+    double probe_until       # padding probe in progress: end, cluster, rate, next packet
+    int32_t probe_cluster
     uint64_t key
     int32_t nsources         # sources it publishes
     double rtt               # uplink RTT (s) from SR/RR or NACK->RTX; 0 = unknown
     int32_t first_dt         # head of its downtracks' list (-1 = none), so leaving is O(own)
-    # Transport-wide congestion control toward this participant (engine_layers.pxi).
-    uint8_t tw_id            # one-byte extension id stamped on everything sent to it (0 = off)
-    uint8_t rid_id           # RtpStreamId extension id of its simulcast packets (0 = none)
-    Bwe *bwe
     double bwe_reported      # estimate in the last EV_BWE
     double bwe_report_time
-    double probe_bps         # padding probe in progress: rate, end, next packet, cluster
-    double probe_until
+    double probe_bps
     double probe_next
-    int32_t probe_cluster
     double rtx_tokens        # retransmission budget (bytes) when the estimate is known
     double rtx_refill
     uint32_t rid_ssrc[4]     # RID events are not repeated for these unknown SSRCs (200 ms)
@@ -319,25 +320,48 @@ cdef struct Source:
 
 
 cdef struct Downtrack:
-    # Passed by argument.
+    # Hot (read or written for every forwarded copy) first, so a copy touches few cache lines.
     int32_t sid
     int32_t pid
     uint32_t out_ssrc
     uint8_t out_pt
-    # Links in the receiving peer's list of downtracks.
-    int32_t peer_prev
-    int32_t peer_next
-    # State: out = in + delta (mod 2^16 / 2^32); fixed at the first forwarded packet.
     uint8_t alive
     uint8_t started
-    uint16_t seq_delta
-    uint32_t ts_delta
+    uint8_t mode             # DT_PINNED or DT_SWITCHED
+    # Layer selection (engine_layers.pxi); layers are the ingress `layer` numbers.
+    int8_t cur_layer         # layer forwarded now (-1 = none yet, or paused)
+    int8_t tgt_layer         # layer wanted (-1 = paused; DT_PINNED: -1 = the first one seen)
+    uint8_t cur_tid          # highest temporal layer forwarded now (3 = all)
+    uint8_t tgt_tid
+    int32_t iid              # ingress last forwarded (NACKs are answered from its history)
     uint32_t last_out_ts
     double last_out_time
     uint32_t sr_packets
     uint32_t sr_octets
+    int64_t last_in          # highest extended seq of cur_layer handled
+    int64_t out_top          # highest viewer seq (extended) given out
+    OutEntry *om             # viewer seq -> (layer, ext seq, offsets), DT_SWITCHED only
+    int64_t *om_in           # ext seq of a hole -> its reserved viewer seq (same ring size)
+    uint32_t ts_off          # out ts = in ts + ts_off for cur_layer
+    uint16_t pid_off         # VP8 PictureID / TL0PICIDX offsets for cur_layer
+    uint8_t tl0_off
+    int16_t last_tl0         # last TL0PICIDX / PictureID sent (-1 = none)
+    int32_t last_pic
+    int32_t drop_pic         # PictureID of the last frame dropped (compacted once)
+    int64_t seg_in           # first ext seq of the current constant-offset run (FEC needs one)
+    # DT_PINNED: out = in + delta (mod 2^16 / 2^32); fixed at the first forwarded packet.
+    uint16_t seq_delta
+    uint32_t ts_delta
+    # Links in the receiving peer's list of downtracks.
+    int32_t peer_prev
+    int32_t peer_next
+    # Switch bookkeeping.
+    int8_t prev_layer        # layer before the last switch (its late repairs become padding)
+    int8_t paused_layer      # layer forwarded before a pause (its late repairs still go)
+    int64_t prev_last_in
+    double switch_asked
+    int32_t switches
     # Recovery toward this viewer (set by sfu/recovery.py through set_downtrack_recovery).
-    int32_t iid              # ingress last forwarded (NACKs are answered from its history)
     uint8_t nack             # answer NACKs at all
     uint32_t rtx_ssrc        # 0 = plain resends
     uint8_t rtx_pt
@@ -356,24 +380,3 @@ cdef struct Downtrack:
     int64_t ulp_origin       # extended seq of media index 0
     int64_t ulp_block        # next block to close
     int64_t ulp_top          # highest media index forwarded
-    # Layer selection (engine_layers.pxi). Layers are indexes into the source's ingress[].
-    uint8_t mode             # DT_PINNED or DT_SWITCHED
-    int8_t cur_layer         # layer forwarded now (-1 = none yet, or paused)
-    int8_t tgt_layer         # layer wanted (-1 = paused; DT_PINNED: -1 = the first one seen)
-    int8_t prev_layer        # layer before the last switch (its late repairs become padding)
-    int8_t paused_layer      # layer forwarded before a pause (its late repairs still go)
-    uint8_t cur_tid          # highest temporal layer forwarded now (3 = all)
-    uint8_t tgt_tid
-    int64_t last_in          # highest extended seq of cur_ii handled
-    int64_t prev_last_in
-    int64_t seg_in           # first ext seq of the current constant-offset run (FEC needs one)
-    int64_t out_top          # highest viewer seq (extended) given out
-    uint32_t ts_off          # out ts = in ts + ts_off for cur_ii
-    uint16_t pid_off         # VP8 PictureID / TL0PICIDX offsets for cur_ii
-    uint8_t tl0_off
-    int32_t last_pic         # last PictureID / TL0PICIDX sent (-1 = none)
-    int16_t last_tl0
-    int32_t drop_pic         # PictureID of the last frame dropped (compacted once)
-    OutEntry *om             # viewer seq -> (layer, ext seq, offsets), DT_SWITCHED only
-    double switch_asked
-    int32_t switches
