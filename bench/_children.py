@@ -14,6 +14,7 @@ import asyncio
 import importlib
 import json
 import os
+import socket
 import sys
 from types import ModuleType
 from typing import Any
@@ -23,6 +24,13 @@ import uvloop
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)  # run as a script: make the sfu package importable
+
+
+def free_udp_port() -> int:
+    """A UDP port on loopback that was free a moment ago (for a node started as a child)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def native_module() -> ModuleType:

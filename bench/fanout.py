@@ -42,7 +42,6 @@ import os
 import platform
 import select
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,7 +59,7 @@ for _p in (str(BENCH), str(ROOT)):
         sys.path.insert(0, _p)
 
 import _procstat  # noqa: E402
-from _children import native_module  # noqa: E402
+from _children import free_udp_port, native_module  # noqa: E402
 
 FWD_CPU, LOAD_CPU = 0, 1
 SIZE = 1100
@@ -108,12 +107,6 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- forwarders under test ------------------------------------------------------------------

@@ -47,7 +47,6 @@ import dataclasses
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -61,6 +60,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _children import free_udp_port  # noqa: E402
 from _procstat import cpu_delta, read_cpu  # noqa: E402
 from lossy_link import LinkProfile, LossyLink  # noqa: E402
 
@@ -77,12 +77,6 @@ LAYER_BY_HEIGHT = {180: "q", 360: "h", 720: "f"}
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
