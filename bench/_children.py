@@ -11,11 +11,16 @@ parent gets one JSON line of counters back; EOF on stdin prints the counters and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
 import socket
+import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
 
@@ -31,6 +36,33 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def served_node(*extra: str, prefix: str = "sfu-bench-"
+                      ) -> AsyncIterator[tuple[tuple[str, int], str, subprocess.Popen[bytes]]]:
+    """`python -m sfu serve` in its own process on a free loopback port, with `extra`
+    arguments; yields (media address, control socket path, process) once the control socket
+    exists, and stops the node on exit."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        sock, port = os.path.join(tmp, "sfu.sock"), free_udp_port()
+        cmd = [sys.executable, "-m", "sfu", "serve", "--udp", f"127.0.0.1:{port}",
+               "--control", sock, "--log-level", "warning", *extra]
+        proc = subprocess.Popen(cmd, cwd=_ROOT)
+        try:
+            deadline = time.monotonic() + 20
+            while not os.path.exists(sock):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"node did not start (exit {proc.poll()}): "
+                                       f"{' '.join(cmd[3:])}")
+                await asyncio.sleep(0.05)
+            yield ("127.0.0.1", port), sock, proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def native_module() -> ModuleType:

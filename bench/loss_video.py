@@ -22,10 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _children import free_udp_port  # noqa: E402
+from _children import served_node  # noqa: E402
 from lossy_link import LinkProfile, LossyLink  # noqa: E402
 
 from sfu.client import Publisher, Subscriber  # noqa: E402
@@ -50,29 +47,12 @@ def log(msg: str) -> None:
 @contextlib.asynccontextmanager
 async def node_process() -> AsyncIterator[tuple[tuple[str, int], Client]]:
     """`sfu serve` in its own process (its own core), and a control client to it."""
-    with tempfile.TemporaryDirectory(prefix="sfu-video-") as tmp:
-        sock, port = os.path.join(tmp, "sfu.sock"), free_udp_port()
-        proc = subprocess.Popen([sys.executable, "-m", "sfu", "serve", "--udp",
-                                 f"127.0.0.1:{port}", "--control", sock,
-                                 "--log-level", "warning"],
-                                cwd=Path(__file__).resolve().parent.parent)
+    async with served_node(prefix="sfu-video-") as (addr, sock, _proc):
+        client = await Client.connect_unix(sock)
         try:
-            deadline = time.monotonic() + 20
-            while not os.path.exists(sock):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"node did not start (exit {proc.poll()})")
-                await asyncio.sleep(0.05)
-            client = await Client.connect_unix(sock)
-            try:
-                yield ("127.0.0.1", port), client
-            finally:
-                await client.close()
+            yield addr, client
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            await client.close()
 
 
 async def one_run(recover: bool, args: argparse.Namespace) -> dict[str, Any]:

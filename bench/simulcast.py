@@ -45,12 +45,9 @@ import bisect
 import contextlib
 import dataclasses
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -60,7 +57,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _children import free_udp_port  # noqa: E402
+from _children import served_node  # noqa: E402
 from _procstat import cpu_delta, read_cpu  # noqa: E402
 from lossy_link import LinkProfile, LossyLink  # noqa: E402
 
@@ -101,42 +98,24 @@ class Node:
 
 @contextlib.asynccontextmanager
 async def node_process(gop_cache: bool = True) -> AsyncIterator[Node]:
-    """`sfu serve` in its own process, and a control client to it."""
-    with tempfile.TemporaryDirectory(prefix="sfu-simulcast-") as tmp:
-        sock, port = os.path.join(tmp, "sfu.sock"), free_udp_port()
-        cmd = [sys.executable, "-m", "sfu", "serve", "--udp", f"127.0.0.1:{port}",
-               "--control", sock, "--log-level", "warning"]
-        if not gop_cache:
-            cmd.append("--no-gop-cache")
-        proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parent.parent)
-        try:
-            deadline = time.monotonic() + 20
-            while not os.path.exists(sock):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"node did not start (exit {proc.poll()}): "
-                                       f"{' '.join(cmd[3:])}")
-                await asyncio.sleep(0.05)
-            client = await Client.connect_unix(sock)
-            watcher = await Client.connect_unix(sock)
-            node = Node(("127.0.0.1", port), client, proc.pid, sock)
-            await watcher.subscribe_events([ROOM])
+    """`sfu serve` in its own process, a control client to it, and its events collected."""
+    extra = () if gop_cache else ("--no-gop-cache",)
+    async with served_node(*extra, prefix="sfu-simulcast-") as (addr, sock, proc):
+        client = await Client.connect_unix(sock)
+        watcher = await Client.connect_unix(sock)
+        node = Node(addr, client, proc.pid, sock)
+        await watcher.subscribe_events([ROOM])
 
-            async def collect() -> None:
-                async for event in watcher.events():
-                    node.events.append(event)
-            task = asyncio.create_task(collect())
-            try:
-                yield node
-            finally:
-                task.cancel()
-                await client.close()
-                await watcher.close()
+        async def collect() -> None:
+            async for event in watcher.events():
+                node.events.append(event)
+        task = asyncio.create_task(collect())
+        try:
+            yield node
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            task.cancel()
+            await client.close()
+            await watcher.close()
 
 
 def queue_for(rate_bps: float) -> int:

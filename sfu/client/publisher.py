@@ -176,6 +176,8 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self.mapped: tuple[str, int] | None = None  # our address as the node sees it
         self.garbage = 0  # datagrams we could not classify or parse
         self._stun_waiters: dict[bytes, asyncio.Future[stun.StunMessage]] = {}
+        self.pli_interval = 0.3  # at most one PLI per this long (RFC 4585 §3.5.1 spirit)
+        self._last_pli = -1e9
 
     async def open(self, local_host: str = "127.0.0.1", rcvbuf: int = 2 << 20) -> None:
         loop = asyncio.get_running_loop()
@@ -195,6 +197,16 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             sock.close()
             raise
         self.transport = _ConnectedUdp(loop, sock, self)
+
+    def send_pli(self, sender_ssrc: int, media_ssrc: int, force: bool = False) -> bool:
+        """Ask for a keyframe of media_ssrc unless a PLI went out less than
+        ``pli_interval`` ago (or force). True if one was sent."""
+        now = time.monotonic()
+        if not media_ssrc or (not force and now - self._last_pli < self.pli_interval):
+            return False
+        self._last_pli = now
+        self.send(_native.build_pli(sender_ssrc, media_ssrc))
+        return True
 
     @property
     def local_address(self) -> tuple[str, int]:

@@ -139,7 +139,6 @@ class SimulcastViewer(RtpEndpoint):
         self._stash: list[tuple[bytes, float]] = []
         self._timer: PollTimer | None = None
         self._next_rr = 0.0
-        self._last_pli = -1e9
         self._lost_prior = 0
         self._reset_stream()
 
@@ -546,11 +545,8 @@ class SimulcastViewer(RtpEndpoint):
 
     def request_keyframe(self, force: bool = False) -> bool:
         """Send a PLI unless one went out less than ``pli_interval`` ago."""
-        now = time.monotonic()
-        if not self.media_ssrc or (not force and now - self._last_pli < self.pli_interval):
+        if not self.send_pli(self.ssrc, self.media_ssrc, force):
             return False
-        self._last_pli = now
-        self.send(_native.build_pli(self.ssrc, self.media_ssrc))
         self.c.pli_sent += 1
         return True
 

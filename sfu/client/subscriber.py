@@ -133,7 +133,6 @@ class Subscriber(RtpEndpoint):
         self.last_size: tuple[int, int] | None = None
         self.pli_interval = pli_interval
         self.waiting_keyframe = True
-        self._last_pli = -1e9
         self._last_decoded_at: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._timer: PollTimer | None = None
@@ -393,11 +392,8 @@ class Subscriber(RtpEndpoint):
 
     def request_keyframe(self, force: bool = False) -> bool:
         """Send a PLI unless one went out less than ``pli_interval`` ago."""
-        now = time.monotonic()
-        if not self.media_ssrc or (not force and now - self._last_pli < self.pli_interval):
+        if not self.send_pli(self.ssrc, self.media_ssrc, force):
             return False
-        self._last_pli = now
-        self.send(_native.build_pli(self.ssrc, self.media_ssrc))
         self.stats.pli_sent += 1
         return True
 
