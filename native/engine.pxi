@@ -563,7 +563,6 @@ cdef class Engine:
         t.tgt_layer = layer
         if layer < 0 or layer == t.cur_layer:
             return False
-        t.switch_asked = now
         self.ds[did * N_DT_FIELDS + D_SWITCH_REQ_US] = <int64_t>(now * 1e6)
         if t.cur_layer < 0 and t.out_top < 0:
             eng_dt_replay_gop(self, did, now)

@@ -296,7 +296,6 @@ cdef void eng_dt_switch(Engine e, Downtrack *t, int32_t did, Ingress *g, const R
     t.cur_tid = t.tgt_tid
     t.last_in = ext - 1
     t.seg_in = ext
-    t.switches += 1
     e.c[C_LAYER_SWITCHES] += 1
     e.ds[did * N_DT_FIELDS + D_SWITCHES] += 1
     e.ds[did * N_DT_FIELDS + D_LAYER] = g.layer

@@ -359,8 +359,6 @@ cdef struct Downtrack:
     int8_t prev_layer        # layer before the last switch (its late repairs become padding)
     int8_t paused_layer      # layer forwarded before a pause (its late repairs still go)
     int64_t prev_last_in
-    double switch_asked
-    int32_t switches
     # Recovery toward this viewer (set by sfu/recovery.py through set_downtrack_recovery).
     uint8_t nack             # answer NACKs at all
     uint32_t rtx_ssrc        # 0 = plain resends
