@@ -17,6 +17,7 @@ cdef class Engine:
     cdef uint32_t node_ssrc
     cdef double rtcp_interval, pli_interval
     cdef double stun_rate, stun_burst, stun_tokens, stun_last
+    cdef double data_rate, data_burst
     cdef double nack_delay, nack_max_age, nack_rtt_default, history_video, history_audio
     cdef int32_t nack_max_tries
     # Allocated by this.
@@ -133,6 +134,8 @@ cdef class Engine:
         self.stun_burst = max(64.0, stun_rate / 4)
         self.stun_tokens = self.stun_burst
         self.stun_last = -1.0
+        self.data_rate = 200.0
+        self.data_burst = 400.0
         self.rng = seed or 1
         self.peers = <Peer*>calloc(max_peers, sizeof(Peer))
         self.sources = <Source*>calloc(max_sources, sizeof(Source))
@@ -295,6 +298,7 @@ cdef class Engine:
         self.peers[pid].alive = 1
         self.peers[pid].tid = tid
         self.peers[pid].first_dt = -1
+        self.peers[pid].data_last = -1.0
         memset(self.ps + pid * N_PEER_FIELDS, 0, N_PEER_FIELDS * sizeof(int64_t))
         return pid
 
@@ -816,6 +820,92 @@ cdef class Engine:
         eng_flush(self)
         return bool(r)
 
+    # ---- co-streaming (issue 5) ------------------
+    def set_data_limits(self, double rate, double burst):
+        """Per-participant token bucket for SFUD data packets: rate per second, burst."""
+        cdef int pid
+        if not (0 < rate <= 1e6 and 1 <= burst <= 1e7):
+            raise ValueError("data rate must be in (0, 1e6] per second and burst in [1, 1e7]")
+        self.data_rate = rate
+        self.data_burst = burst
+        for pid in range(self.max_peers):
+            if self.peers[pid].alive and self.peers[pid].data_tokens > burst:
+                self.peers[pid].data_tokens = burst
+
+    def send_datagram(self, pids, const uint8_t[::1] data not None):
+        """The same datagram to every bound peer in pids, through the egress batch."""
+        cdef Py_ssize_t n = data.shape[0], i
+        cdef const int64_t[::1] ids
+        cdef int64_t pid
+        cdef uint8_t *out
+        cdef int sent = 0
+        if not 1 <= n <= 1500:
+            raise ValueError("a datagram must be 1..1500 bytes")
+        try:
+            arr = np.ascontiguousarray(pids, dtype=np.int64)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError("pids must be a sequence of ints") from exc
+        if arr.ndim != 1:
+            raise ValueError("pids must be one-dimensional")
+        ids = arr
+        for i in range(ids.shape[0]):
+            pid = ids[i]
+            if pid < 0 or pid >= self.max_peers or not self.peers[pid].alive:
+                continue
+            out = eng_aux_reserve(self, <int32_t>pid, n)
+            if out == NULL:
+                continue        # not bound
+            memcpy(out, &data[0], n)
+            sent += 1
+        eng_flush(self)
+        self.c[C_DATA_OUT] += sent
+        return sent
+
+    def set_source_audio_level(self, int sid, int ext_id):
+        """Accumulate the RFC 6464 audio level (extension ext_id, 0 = off) of sid's packets."""
+        cdef Source *s = self._source(sid)
+        if not 0 <= ext_id <= 14:
+            raise ValueError("ext_id must be 1..14 (0 = off)")
+        s.al_id = ext_id
+        s.al_count = 0
+        s.al_sum = 0
+        s.al_voiced = 0
+
+    def audio_levels(self):
+        """(sid, count, level_sum, voiced) per source with levels since the last call;
+        resets them."""
+        cdef list out = []
+        cdef int sid
+        cdef Source *s
+        for sid in range(self.max_sources):
+            s = &self.sources[sid]
+            if s.alive and s.al_count:
+                out.append((sid, s.al_count, s.al_sum, s.al_voiced))
+                s.al_count = 0
+                s.al_sum = 0
+                s.al_voiced = 0
+        return out
+
+    def set_source_muted(self, int sid, bint muted, double now=0.0):
+        """Server-side mute: nothing of sid received while muted reaches any viewer; at
+        unmute the viewers' seqs continue and (video) a keyframe is requested upstream.
+        now: the caller's clock, for PLI coalescing."""
+        self._source(sid)
+        eng_set_muted(self, sid, muted, now)
+
+    def source_clock(self, int sid):
+        """Per started media layer: (layer, RTP timestamp of its newest packet, arrival
+        time of that packet, last SR NTP timestamp (64-bit), last SR RTP timestamp)."""
+        cdef Source *s = self._source(sid)
+        cdef Ingress *g
+        cdef int i
+        out = []
+        for i in range(s.ningress):
+            g = &self.ingress[s.ingress[i]]
+            if g.role == ROLE_MEDIA and g.started:
+                out.append((g.layer, g.last_ts, g.last_arrival, g.sr_ntp, g.sr_rtp))
+        return out
+
     @property
     def pending_events(self):
         return self.ev_count
@@ -827,7 +917,12 @@ cdef class Engine:
         while self.ev_count > 0:
             e = self.ev + 5 * self.ev_head
             k = <int32_t>e[0]
-            if k == EV_STUN_:
+            if k == EV_DATA_:
+                out.append((EV_DATA, e[1], e[2],
+                            (<char*>self.ev_data + EVENT_DATA_SIZE * e[4])[:self.ev_data_len[e[4]]]))
+                self.ev_data_head = (self.ev_data_head + 1) % EVENT_DATA_SLOTS
+                self.ev_data_count -= 1
+            elif k == EV_STUN_:
                 out.append((EV_STUN, e[1], format_ipv4(<uint32_t>e[2]), e[3],
                             (<char*>self.ev_data + EVENT_DATA_SIZE * e[4])[:self.ev_data_len[e[4]]]))
                 self.ev_data_head = (self.ev_data_head + 1) % EVENT_DATA_SLOTS

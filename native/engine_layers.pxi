@@ -445,6 +445,8 @@ cdef void eng_forward(Engine e, Downtrack *t, int32_t did, int32_t slot, const u
         t.ulp_block = 0
         t.ulp_top = 0
     t.iid = iid
+    if t.pin_rebase and fresh:
+        eng_pin_rebase(t, ext, v.seq)
     if not dt_out_seq(t, ext, v.seq, &out_seq):
         return
     out_ts = v.ts + t.ts_delta
@@ -489,6 +491,8 @@ cdef void eng_dt_replay_gop(Engine e, int32_t did, double now) noexcept nogil:
     cdef RtpView v
     cdef MediaInfo mi
     cdef int64_t sent0 = e.ds[did * N_DT_FIELDS + D_PACKETS]
+    if s.muted:
+        return                  # joins at the unmute keyframe
     iid = eng_layer_iid(e, s, t.tgt_layer)
     if iid < 0:
         return

@@ -11,11 +11,13 @@ cdef enum:
     H_HELD = 1
     H_MISSING = 2
     H_GAVE_UP = 3
+    H_MUTED = 4              # received (or due) while its source was muted: never sent on
     PUT_NEW = 0
     PUT_DUP = 1
     PUT_FILLED = 2
     PUT_OLD = 3
     PUT_EARLY = 4            # inside the window, never seen nor missed (e.g. before the first)
+    PUT_MUTED = 5            # its seq fell in a muted stretch: dropped
     EARLY_ROOM = 64          # seqs below a stream's first packet still accepted (its RTX)
     HOW_DIRECT = 0
     HOW_RTX = 1
@@ -142,6 +144,8 @@ cdef int eng_hist_put(Engine e, int32_t iid, int32_t slot, Py_ssize_t n, uint16_
     st = g.h_state[pos]
     if g.h_ext[pos] == ext and st == H_HELD:
         return PUT_DUP
+    if g.h_ext[pos] == ext and st == H_MUTED:
+        return PUT_MUTED
     if g.h_ext[pos] == ext and (st == H_MISSING or st == H_GAVE_UP):
         if st == H_MISSING:
             g.nmissing -= 1
@@ -354,7 +358,7 @@ cdef void eng_nack_in(Engine e, int32_t did, const uint8_t *fci, Py_ssize_t coun
     cdef Ingress *g
     cdef Py_ssize_t i
     cdef int b
-    cdef uint16_t pid16, blp, seq, in_seq
+    cdef uint16_t pid16, blp, seq
     cdef int32_t pos, prev = -2, cur
     cdef int64_t ext, nseqs = 0, runs = 0
     if not t.started or t.iid < 0:
@@ -386,8 +390,11 @@ cdef void eng_nack_in(Engine e, int32_t did, const uint8_t *fci, Py_ssize_t coun
                 if ext < 0:
                     continue        # a FEC seq (answered) or before this viewer's start
             else:
-                in_seq = <uint16_t>(seq - t.seq_delta)
-                ext = hist_ext_of(g, in_seq)
+                ext = dt_pinned_in_ext(t, g, seq)
+                if ext < 0:
+                    e.c[C_RESEND_MISS] += 1     # a seq no packet of the viewer's had
+                    e.ds[did * N_DT_FIELDS + D_RESEND_MISS] += 1
+                    continue
             pos = <int32_t>(ext & (g.h_cap - 1))
             if ext >= g.h_lo and ext < g.h_hi and g.h_ext[pos] == ext and g.h_state[pos] == H_HELD:
                 eng_resend(e, t, did, g, pos, seq, t.ts_delta, 0, 0, now)
@@ -754,6 +761,8 @@ cdef inline bint dt_block_map(const Downtrack *t, const Ingress *g, int k, uint1
     if t.cur_layer != g.layer:
         return False
     if t.mode == DT_PINNED:
+        if t.pin_rebase or g.blk_base < t.pin_seg_ext:
+            return False            # the block straddles a mute (two deltas)
         out_base[0] = <uint16_t>(<uint16_t>g.blk_base + t.seq_delta)
         ts_off[0] = t.ts_delta
         return True
@@ -926,7 +935,7 @@ cdef void eng_ulp_block(Engine e, Downtrack *t, int32_t did, Ingress *g, int64_t
     cdef int i, k = t.ulp_k
     cdef int64_t exts[ULP_MAX_K]
     for i in range(k):
-        exts[i] = t.ulp_origin + b * k + i
+        exts[i] = ulp_ext_of(t, b * k + i)
     eng_ulp_emit(e, t, did, g, exts, k, <uint16_t>(t.ulp_out0 + b * (k + 1) + k), t.ulp_pt, 0)
 
 
@@ -1032,4 +1041,4 @@ cdef int64_t eng_ulp_nacked(Engine e, Downtrack *t, int32_t did, Ingress *g,
         if b < t.ulp_block:
             eng_ulp_block(e, t, did, g, b)
         return -1
-    return t.ulp_origin + b * k + r
+    return ulp_ext_of(t, b * k + r)

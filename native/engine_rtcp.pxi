@@ -124,8 +124,64 @@ cdef void eng_rtcp_in(Engine e, int32_t pid, const uint8_t *d, Py_ssize_t n,
                 eng_twcc_in(e, pid, p + 12, body - 12, now)
             else:
                 e.c[C_RTCP_UNKNOWN] += 1
-        elif pt != RTCP_SDES and pt != RTCP_APP:
+        elif pt == RTCP_APP:
+            eng_data_in(e, pid, p, plen, body, now)
+        elif pt != RTCP_SDES:
             e.c[C_RTCP_UNKNOWN] += 1
+
+
+cdef inline bint eng_data_admit(Engine e, Peer *p, double now) noexcept nogil:
+    """Per-participant token bucket for SFUD data packets (they all go up to Python)."""
+    if p.data_last < 0:
+        p.data_tokens = e.data_burst
+    elif now > p.data_last:
+        p.data_tokens += (now - p.data_last) * e.data_rate
+        if p.data_tokens > e.data_burst:
+            p.data_tokens = e.data_burst
+    if now > p.data_last:
+        p.data_last = now
+    if p.data_tokens < 1.0:
+        return False
+    p.data_tokens -= 1.0
+    return True
+
+
+cdef void eng_data_in(Engine e, int32_t pid, const uint8_t *p, Py_ssize_t plen,
+                      Py_ssize_t body, double now) noexcept nogil:
+    """RTCP APP (RFC 3550 6.7) named SFUD: a data message from the participant, queued for
+    Python as (EV_DATA, pid, subtype, payload). Other APP names are ignored."""
+    cdef int32_t ds
+    cdef int64_t *slot
+    cdef Py_ssize_t size
+    if plen < 12:
+        e.c[C_DATA_MALFORMED] += 1     # no room for SSRC and name: not a valid APP
+        return
+    if memcmp(p + 8, b"SFUD", 4) != 0:
+        return
+    size = body - 12
+    if size < 0 or size > 1400:
+        e.c[C_DATA_MALFORMED] += 1
+        return
+    if not eng_data_admit(e, &e.peers[pid], now):
+        e.c[C_DATA_RATE_LIMITED] += 1
+        return
+    if e.ev_count >= e.event_ring or e.ev_data_count >= EVENT_DATA_SLOTS:
+        e.ev_overflow += 1             # reported as EV_OVERFLOW
+        return
+    ds = (e.ev_data_head + e.ev_data_count) % EVENT_DATA_SLOTS
+    if size:
+        memcpy(e.ev_data + EVENT_DATA_SIZE * ds, p + 12, size)
+    e.ev_data_len[ds] = <uint16_t>size
+    e.ev_data_count += 1
+    slot = e.ev + 5 * ((e.ev_head + e.ev_count) % e.event_ring)
+    slot[0] = EV_DATA_
+    slot[1] = pid
+    slot[2] = p[0] & 0x1F
+    slot[3] = 0
+    slot[4] = ds
+    e.ev_count += 1
+    e.c[C_DATA_IN] += 1
+    e.ps[pid * N_PEER_FIELDS + P_DATA_IN] += 1
 
 
 cdef void eng_keyframe_for(Engine e, int32_t pid, uint32_t out_ssrc, double now) noexcept nogil:

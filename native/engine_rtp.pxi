@@ -195,12 +195,16 @@ cdef inline void ingress_update(Ingress *g, const RtpView *v, double now,
         g.base_seq = v.seq
         g.max_seq = v.seq
         g.cycles = 0
+        g.last_ts = v.ts
+        g.last_arrival = now
     else:
         udelta = <uint16_t>(v.seq - g.max_seq)
         if 0 < udelta < 3000:
             if v.seq < g.max_seq:
                 g.cycles += 65536
             g.max_seq = v.seq
+            g.last_ts = v.ts
+            g.last_arrival = now
     g.received += 1
     # Interarrival jitter (RFC 3550 A.8) in timestamp units.
     transit = <int64_t>(now * clock_rate) - <int64_t>v.ts
@@ -262,6 +266,9 @@ cdef void eng_media_in(Engine e, int32_t iid, int32_t slot, const uint8_t *d, Py
         ingress_update(g, &v, now, s.clock_rate)
         e.ss[sid * N_SRC_FIELDS + S_PACKETS] += 1
         e.ss[sid * N_SRC_FIELDS + S_BYTES] += n
+    if s.muted:
+        eng_muted_in(e, g, v.seq, now, how)
+        return
     if g.h_cap:
         put = eng_hist_put(e, iid, slot, n, v.seq, now, &ext)
         if put == PUT_DUP:
@@ -269,8 +276,13 @@ cdef void eng_media_in(Engine e, int32_t iid, int32_t slot, const uint8_t *d, Py
             if how == HOW_DIRECT:
                 e.c[C_DROP_DUPLICATE] += 1
             return
+        if put == PUT_MUTED or (put == PUT_OLD and s.mute_seen):
+            eng_muted_count(e, sid, how)    # late, from a muted stretch (or too old to tell)
+            return
     if how == HOW_DIRECT:
         e.c[C_RX_RTP] += 1
+        if s.al_id and v.payload_type == g.payload_type:
+            eng_audio_level(s, d, &v)
     if put == PUT_FILLED:
         if how != HOW_FEC and g.fec_iid >= 0:
             eng_fec_retry(e, iid, ext, now)     # this packet may complete an FEC block
@@ -312,9 +324,21 @@ cdef inline bint dt_out_seq(const Downtrack *t, int64_t ext, uint16_t seq,
     """The viewer-side seq of media packet (ext, seq); False if it precedes the viewer."""
     cdef int64_t i
     if t.ulp_k == 0:
-        out[0] = <uint16_t>(seq + t.seq_delta)
-        return True
-    i = ext - t.ulp_origin
+        if ext >= t.pin_seg_ext:
+            out[0] = <uint16_t>(seq + t.seq_delta)
+            return True
+        if ext >= t.pin_prev_ext:       # before the last unmute: the delta of then
+            out[0] = <uint16_t>(seq + t.pin_prev_delta)
+            return True
+        return False
+    if ext >= t.pin_seg_ext:
+        i = ext - t.ulp_origin
+    elif ext >= t.pin_prev_ext:         # before the last unmute: the origin of then
+        i = ext - t.ulp_prev_origin
+        if i >= t.ulp_seg_i:
+            return False
+    else:
+        return False
     if i < 0:
         return False
     out[0] = <uint16_t>(t.ulp_out0 + i + i // t.ulp_k)

@@ -16,6 +16,7 @@ cdef enum:
     EV_LAYER_ = 6
     EV_BWE_ = 7
     EV_RID_ = 8
+    EV_DATA_ = 9
 
 EV_STUN = 1
 EV_PLI = 2
@@ -25,6 +26,7 @@ EV_OVERFLOW = 5
 EV_LAYER = 6
 EV_BWE = 7
 EV_RID = 8
+EV_DATA = 9
 
 cdef enum:
     DT_PINNED = 0            # constant-delta rewrite: one layer, every packet (and ULPFEC viewers)
@@ -51,6 +53,7 @@ COUNTER_NAMES = (
     "fec_sent", "recovered_rtx", "recovered_fec", "unrecovered", "hist_evicted",
     "layer_switches", "keyframes_in", "twcc_stamped", "twcc_unstamped", "twcc_fb_malformed",
     "padding_sent", "gop_sent", "rid_reported", "rtx_throttled",
+    "data_in", "data_rate_limited", "data_malformed", "data_out", "muted_drops",
 )
 
 cdef enum:
@@ -111,6 +114,11 @@ cdef enum:
     C_GOP_SENT
     C_RID_REPORTED
     C_RTX_THROTTLED
+    C_DATA_IN
+    C_DATA_RATE_LIMITED
+    C_DATA_MALFORMED
+    C_DATA_OUT
+    C_MUTED_DROPS
     N_COUNTERS
 
 # lost: RFC 3550 cumulative loss on the uplink before recovery; missing: holes seen;
@@ -118,7 +126,7 @@ cdef enum:
 SOURCE_FIELDS = ("packets", "bytes", "lost", "jitter", "pli_sent", "pli_coalesced",
                  "downtracks", "highest_seq", "missing", "nack_sent", "recovered_rtx",
                  "recovered_fec", "recovered_late", "unrecovered", "duplicates", "rtt_us",
-                 "rtx_in", "fec_in")
+                 "rtx_in", "fec_in", "muted_drops")
 cdef enum:
     S_PACKETS = 0
     S_BYTES
@@ -138,6 +146,7 @@ cdef enum:
     S_RTT_US
     S_RTX_IN
     S_FEC_IN
+    S_MUTED_DROPS
     N_SRC_FIELDS
 
 DOWNTRACK_FIELDS = ("packets", "bytes", "rr_count", "rr_fraction_lost", "rr_cumulative_lost",
@@ -181,7 +190,7 @@ cdef enum:
 
 PEER_FIELDS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "drop_ssrc_not_owned",
                "drop_malformed", "moves", "bwe_bps", "acked_bps", "twcc_fb", "probe_packets",
-               "bwe_loss_ppm", "bwe_state")
+               "bwe_loss_ppm", "bwe_state", "data_in")
 cdef enum:
     P_RX_PACKETS = 0
     P_RX_BYTES
@@ -196,6 +205,7 @@ cdef enum:
     P_PROBE_PACKETS
     P_BWE_LOSS_PPM
     P_BWE_STATE
+    P_DATA_IN
     N_PEER_FIELDS
 
 
@@ -233,6 +243,8 @@ cdef struct Peer:
     double rtx_refill
     uint32_t rid_ssrc[4]     # RID events are not repeated for these unknown SSRCs (200 ms)
     double rid_time[4]
+    double data_tokens       # SFUD data packets it may still send (token bucket)
+    double data_last         # last refill (< 0 = never: starts with a full burst)
 
 
 cdef struct Ingress:
@@ -250,6 +262,8 @@ cdef struct Ingress:
     int64_t tid_bytes[4]
     uint64_t sr_ntp          # the last SR: NTP time and RTP timestamp (aligns layers)
     uint32_t sr_rtp
+    uint32_t last_ts         # RTP timestamp and arrival of the highest seq (source_clock)
+    double last_arrival
     # State (RFC 3550 A.1/A.3/A.8 receive statistics).
     uint8_t alive
     uint8_t started
@@ -313,10 +327,16 @@ cdef struct Source:
     uint8_t switchable       # several layers or temporal layers: viewers use DT_SWITCHED
     uint8_t gop_cache        # start new viewers at the latest keyframe still held
     uint8_t nlayers          # declared spatial layers (0 = not declared)
+    uint8_t muted            # server-side mute: nothing received now reaches a viewer
+    uint8_t al_id            # RFC 6464 audio level extension id (0 = not parsed)
     double last_pli
     uint8_t nack             # NACK the publisher for holes
     uint8_t inband_fec       # the publisher sends in-band ULPFEC (its holes may be FEC)
     uint8_t fec_k            # SFU-RS block length for downlink FEC
+    int64_t al_count         # audio level accumulators since the last audio_levels()
+    int64_t al_sum
+    int64_t al_voiced
+    uint8_t mute_seen        # was ever muted: packets older than the history are dropped
 
 
 cdef struct Downtrack:
@@ -378,3 +398,18 @@ cdef struct Downtrack:
     int64_t ulp_origin       # extended seq of media index 0
     int64_t ulp_block        # next block to close
     int64_t ulp_top          # highest media index forwarded
+    # DT_PINNED across a server mute (engine_costream.pxi): the viewer's seqs continue, so
+    # the delta changes at pin_seg_ext (first packet after unmute, viewer seq pin_seg_out);
+    # packets from pin_prev_ext up to it keep pin_prev_delta (late repairs, NACKs).
+    uint8_t pin_rebase       # muted: rebase at the next new packet, to viewer seq pin_rebase_out
+    uint16_t pin_rebase_out
+    uint16_t pin_seg_out
+    uint16_t pin_prev_delta
+    int64_t pin_seg_ext
+    int64_t pin_prev_ext
+    # The same for a ULPFEC viewer: media index ulp_next goes to the first packet after the
+    # unmute; indices from ulp_prev_seg_i up to ulp_seg_i keep ulp_prev_origin.
+    int64_t ulp_next
+    int64_t ulp_seg_i
+    int64_t ulp_prev_seg_i
+    int64_t ulp_prev_origin

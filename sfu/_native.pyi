@@ -6,6 +6,8 @@ objects for them. Configure calls raise ``ValueError`` on bad arguments; data-pa
 calls never raise on network input (bad packets are dropped and counted).
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
 
@@ -23,6 +25,7 @@ EV_OVERFLOW: int  # (EV_OVERFLOW, dropped_events, 0, 0)  ring was full
 EV_LAYER: int  # (EV_LAYER, did, layer (-1 = paused), temporal)  a viewer's layer switched
 EV_BWE: int  # (EV_BWE, pid, estimate_bps, acked_bps)  a viewer's estimate moved (>5 %/0.5 s)
 EV_RID: int  # (EV_RID, pid, ssrc, rid as big-endian ASCII in an int)  undeclared SSRC with RID
+EV_DATA: int  # (EV_DATA, pid, subtype 0..31, payload: bytes)  RTCP APP "SFUD" from a bound peer
 
 # Names of the columns of the counter arrays, index-aligned.
 COUNTER_NAMES: tuple[str, ...]
@@ -125,6 +128,35 @@ class Engine:
     def remove_downtrack(self, did: int) -> None: ...
     def live(self) -> dict[str, int]:
         """Live native objects: peers, sources, ssrcs, downtracks, slots_in_use."""
+    # -- co-streaming (issue 5) --
+    def set_data_limits(self, rate: float, burst: float) -> None:
+        """Per-participant token bucket for incoming SFUD data packets (default 200/s,
+        burst 400); over the limit they are dropped and counted (data_rate_limited).
+        ValueError unless 0 < rate <= 1e6 and 1 <= burst <= 1e7."""
+    def send_datagram(self, pids: Sequence[int] | npt.NDArray[np.integer], data: bytes) -> int:
+        """Queue the same datagram (1..1500 bytes, else ValueError) to every bound peer in
+        pids through the egress batch (sendmmsg), flushed before returning. Unknown and
+        unbound pids are skipped. Returns the number queued (counter data_out)."""
+    def set_source_audio_level(self, sid: int, ext_id: int) -> None:
+        """Accumulate the RFC 6464 audio level (one- or two-byte header extension ext_id
+        1..14 holding one octet; 0 = off) of the source's media packets (not RTX/FEC
+        repairs, duplicates or packets dropped by a mute). Resets its accumulators."""
+    def audio_levels(self) -> list[tuple[int, int, int, int]]:
+        """(sid, count, level_sum, voiced) per source with count > 0 since the last call;
+        level in -dBov (0 loudest, 127 silence), voiced = packets with the V bit. Resets."""
+    def set_source_muted(self, sid: int, muted: bool, now: float = 0.0) -> None:
+        """Server-enforced mute. Nothing received while muted reaches any viewer (media,
+        RTX answers, GOP replay, FEC; counted as muted_drops); a viewer added meanwhile gets
+        nothing until unmute. On unmute viewers' seqs continue (+1 from their last; a
+        switched viewer resumes at the next keyframe, like after a pause; a viewer with
+        in-band ULPFEC continues its media index, the FEC block across the mute protecting
+        the packets on both sides), and for video a keyframe is requested upstream
+        (not coalesced; EV_PLI with requester -1). now: caller's clock for PLI coalescing.
+        Idempotent."""
+    def source_clock(self, sid: int) -> list[tuple[int, int, float, int, int]]:
+        """Per started media layer: (layer, RTP timestamp of its newest packet (highest
+        seq), arrival time of that packet (the `now` it came with), last SR NTP timestamp
+        (64-bit), last SR RTP timestamp); SR fields 0 before the first SR."""
     # -- data path (never raises on network input) --
     def on_readable(self, tid: int, now: float) -> int:
         """recvmmsg/sendmmsg until the socket is drained or a budget is used; returns
