@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from sfu import _native, stun
+from sfu import _native, data_wire, stun
 from sfu.client.loss import RS_FEC_PT, RTX_PT, SendHistory, SeqCounter, rs_encoder
 from sfu.client.media import EncodedFrame, Vp8Encoder
 from sfu.client.vp8 import Vp8Packetizer
@@ -178,6 +178,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self._stun_waiters: dict[bytes, asyncio.Future[stun.StunMessage]] = {}
         self.pli_interval = 0.3  # at most one PLI per this long (RFC 4585 §3.5.1 spirit)
         self._last_pli = -1e9
+        self.data_channel: Any = None  # sfu.client.data.DataChannel: gets SFUD APP packets
 
     async def open(self, local_host: str = "127.0.0.1", rcvbuf: int = 2 << 20) -> None:
         loop = asyncio.get_running_loop()
@@ -275,6 +276,8 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             self._on_stun(data)
         elif 128 <= first < 192 and len(data) >= 2:
             if 192 <= data[1] <= 223:
+                if self.data_channel is not None and data_wire.has_sfud(data):
+                    self.data_channel.on_packet(data)
                 self.on_rtcp(data)
             else:
                 self.on_rtp(data)
