@@ -5,8 +5,7 @@ in sfu/rooms.py."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import re
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -14,170 +13,35 @@ from typing import Any
 
 from sfu import __version__, _native
 from sfu.config import NodeConfig
-from sfu.errors import BadRequest, NotFound
+from sfu.costream import CostreamManager
+from sfu.data import DataHub
+from sfu.errors import BadRequest, NotFound, SfuError
 from sfu.events import EventBus
+from sfu.layout import LAYOUTS
+from sfu.node_live import LiveMethods
+from sfu.params import (
+    Params,
+    _address,
+    _check_keys,
+    _enum,
+    _id,
+    _int,
+    _layers,
+    _payload_type,
+    _prefs,
+    _recovery,
+    _req_int,
+)
 from sfu.recovery_loop import RecoveryController
-from sfu.rooms import FEC_MODES, KINDS, ROLES, Layer, RecoveryRequest, RoomManager
-from sfu.simulcast import Preferences
+from sfu.rooms import KINDS, ROLES, RoomManager
 from sfu.simulcast_loop import SimulcastController
+from sfu.speaker import SpeakerMonitor
 from sfu.stats import StatsView
 from sfu.transports.udp import UdpTransport
 
 CODECS = ("opus", "VP8", "H264")
-MAX_LAYERS = 4
-_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+=-]{0,127}$")
-Params = dict[str, Any]
+log = logging.getLogger("sfu.node")
 Handler = Callable[[Params], Awaitable[dict[str, Any] | None]]
-
-
-# -- parameter validation (every message names the offending field) ------------------------
-
-
-def _check_keys(params: Params, allowed: tuple[str, ...], where: str = "params") -> None:
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise BadRequest(f"unknown field {unknown[0]!r} in {where}; expected "
-                         f"{', '.join(allowed) or 'none'}")
-
-
-def _id(params: Params, name: str) -> str:
-    value = params.get(name)
-    if value is None:
-        raise BadRequest(f"missing field {name!r}")
-    if not isinstance(value, str) or not _ID_RE.match(value):
-        raise BadRequest(f"field {name!r} must be a string of 1-128 characters "
-                         f"[A-Za-z0-9_.:@+=-], got {value!r:.60}")
-    return value
-
-
-def _int(params: Params, name: str, lo: int, hi: int, *, optional: bool = False) -> int | None:
-    value = params.get(name)
-    if value is None:
-        if optional:
-            return None
-        raise BadRequest(f"missing field {name!r}")
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise BadRequest(f"field {name!r} must be an integer in {lo}..{hi}, got {value!r:.60}")
-    return value
-
-
-def _req_int(params: Params, name: str, lo: int, hi: int) -> int:
-    value = _int(params, name, lo, hi)
-    assert value is not None
-    return value
-
-
-def _enum(params: Params, name: str, choices: tuple[str, ...]) -> str:
-    value = params.get(name)
-    if value is None:
-        raise BadRequest(f"missing field {name!r}")
-    if value not in choices:
-        raise BadRequest(f"field {name!r} must be one of {', '.join(choices)}, got {value!r:.60}")
-    return str(value)
-
-
-def _address(params: Params, name: str) -> tuple[str, int]:
-    value = params.get(name)
-    if not isinstance(value, str) or value.count(":") != 1:
-        raise BadRequest(f"field {name!r} must be 'ipv4:port', got {value!r:.60}")
-    host, _, port_s = value.partition(":")
-    try:
-        ip = ipaddress.IPv4Address(host)
-        port = int(port_s)
-    except ValueError:
-        raise BadRequest(f"field {name!r} must be 'ipv4:port', got {value!r:.60}") from None
-    if not 1 <= port <= 65535:
-        raise BadRequest(f"field {name!r} has port {port} outside 1..65535")
-    return str(ip), port
-
-
-def _layers(params: Params) -> list[Layer]:
-    raw = params.get("layers")
-    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_LAYERS:
-        raise BadRequest(f"field 'layers' must be a list of 1..{MAX_LAYERS} layers")
-    layers: list[Layer] = []
-    seen: set[int] = set()
-    for i, item in enumerate(raw):
-        where = f"layers[{i}]"
-        if not isinstance(item, dict):
-            raise BadRequest(f"field {where!r} must be a map with rid, ssrc, rtx_ssrc?, "
-                             "fec_ssrc?")
-        _check_keys(item, ("rid", "ssrc", "rtx_ssrc", "fec_ssrc", "width", "height",
-                           "max_bitrate"), where)
-        rid = item.get("rid", "")
-        if not isinstance(rid, str) or len(rid) > 8 or not rid.isascii():
-            raise BadRequest(f"field '{where}.rid' must be an ASCII string of ≤8 characters")
-        try:
-            ssrc = _int(item, "ssrc", 1, 0xFFFFFFFF, optional=True)
-            rtx = _int(item, "rtx_ssrc", 1, 0xFFFFFFFF, optional=True)
-            fec = _int(item, "fec_ssrc", 1, 0xFFFFFFFF, optional=True)
-            width = _int(item, "width", 1, 16384, optional=True)
-            height = _int(item, "height", 1, 16384, optional=True)
-            max_bitrate = _int(item, "max_bitrate", 1000, 1_000_000_000, optional=True)
-        except BadRequest as exc:
-            raise BadRequest(f"{where}: {exc}") from None
-        for s in (ssrc, rtx, fec):
-            if s is not None:
-                if s in seen:
-                    raise BadRequest(f"field '{where}' repeats ssrc {s}")
-                seen.add(s)
-        if any(lay.rid == rid for lay in layers):
-            raise BadRequest(f"field '{where}.rid' repeats rid {rid!r}")
-        if ssrc is None and (not rid or rtx or fec):
-            raise BadRequest(f"field '{where}' needs an ssrc, or a rid (learned from the "
-                             "RtpStreamId extension) and no rtx_ssrc/fec_ssrc")
-        layers.append(Layer(rid, ssrc or 0, rtx, fec, width, height, max_bitrate))
-    return layers
-
-
-def _prefs(raw: object, layers: list[Layer], base: Preferences | None = None) -> Preferences:
-    """track.subscribe `preferences` / track.set_preferences fields -> Preferences."""
-    if not isinstance(raw, dict):
-        raise BadRequest("field 'preferences' must be a map with max_layer?, max_height?, "
-                         "max_temporal?, paused?")
-    _check_keys(raw, ("max_layer", "max_height", "max_temporal", "paused"), "preferences")
-    cur = base or Preferences()
-    max_layer = cur.max_layer
-    if "max_layer" in raw:
-        rid = raw["max_layer"]
-        rids = [lay.rid for lay in layers]
-        if rid is not None and rid not in rids:
-            raise BadRequest(f"field 'max_layer' must be one of the track's rids "
-                             f"{', '.join(rids)} (or null), got {rid!r:.40}")
-        max_layer = None if rid is None else rids.index(rid)
-    max_height = _int(raw, "max_height", 1, 16384, optional=True) if "max_height" in raw \
-        else cur.max_height
-    max_temporal = _int(raw, "max_temporal", 0, 3, optional=True) if "max_temporal" in raw \
-        else cur.max_temporal
-    paused = raw.get("paused", cur.paused)
-    if not isinstance(paused, bool):
-        raise BadRequest("field 'paused' must be true or false")
-    return Preferences(max_layer, max_height, max_temporal, paused)
-
-
-def _payload_type(params: Params, name: str) -> int | None:
-    pt = _int(params, name, 0, 127, optional=True)
-    if pt is not None and 64 <= pt <= 95:  # would collide with RTCP packet types (RFC 5761 §4)
-        raise BadRequest(f"field {name!r} {pt} is in the RTCP-reserved range 64..95")
-    return pt
-
-
-def _recovery(params: Params) -> RecoveryRequest:
-    raw = params.get("recovery", {})
-    if not isinstance(raw, dict):
-        raise BadRequest("field 'recovery' must be a map with nack?, rtx?, fec?")
-    _check_keys(raw, ("nack", "rtx", "fec"), "recovery")
-    rec = RecoveryRequest()
-    for name in ("nack", "rtx"):
-        value = raw.get(name, True)
-        if not isinstance(value, bool):
-            raise BadRequest(f"field 'recovery.{name}' must be true or false")
-        setattr(rec, name, value)
-    rec.fec = raw.get("fec", "auto")
-    if rec.fec not in FEC_MODES:
-        raise BadRequest(f"field 'recovery.fec' must be one of {', '.join(FEC_MODES)}, "
-                         f"got {rec.fec!r:.40}")
-    return rec
 
 
 class Node:
@@ -194,6 +58,15 @@ class Node:
         self.recovery: RecoveryController | None = None
         self.simulcast: SimulcastController | None = None
         self._simulcast_timer: asyncio.TimerHandle | None = None
+        self._live_timers: list[asyncio.TimerHandle] = []
+        self.clock = time.monotonic
+        self._costream: CostreamManager | None = None
+        self._data: DataHub | None = None
+        self.speaker: SpeakerMonitor | None = None
+        self._state_dirty: set[int] = set()  # peers whose subscription list changed
+        self._state_flush: asyncio.Handle | None = None
+        self._state_version = 0
+        self.live = LiveMethods(self)
         self._rooms: RoomManager | None = None
         self._stats: StatsView | None = None
         self.started = time.time()
@@ -212,6 +85,7 @@ class Node:
             "track.unsubscribe": self._track_unsubscribe,
             "track.set_preferences": self._track_set_preferences,
             "stats.get": self._stats_get,
+            **self.live.handlers(),
         }
 
     async def start(self) -> None:
@@ -230,8 +104,130 @@ class Node:
                              _native.EV_RID: self.simulcast.on_rid,
                              _native.EV_RR: lambda did, _a, _b: self._on_rr(did)}
         self.udp.start(self._rooms)
+        self._start_live()
         self._simulcast_tick()
         self._stats = StatsView(self.engine, self.udp, self.recovery, self.simulcast)
+
+    def _start_live(self) -> None:
+        """Co-streaming, active speaker, data messages and FAQ (issue 5)."""
+        assert self.udp is not None and self._rooms is not None
+        rooms, simulcast = self._rooms, self.simulcast
+        assert simulcast is not None
+        self._data = DataHub(self.bus, self.engine.send_datagram, self.node_ssrc,
+                             clock=self.clock)
+        self._data.on_comment = self.live.on_comment
+        self._costream = CostreamManager(
+            rooms, clock=self.clock, on_subscribed=simulcast.on_subscribed,
+            on_prefs=simulcast.allocate, on_layout=self._push_layout)
+        self.speaker = SpeakerMonitor(self.engine, rooms, clock=self.clock,
+                                      on_change=self._on_speaker)
+        rooms.hooks.append(self._on_room_change)
+        self.bus.subscribe(None, self._on_event)
+        self.udp.handlers[_native.EV_DATA] = self._on_data
+        loop = asyncio.get_running_loop()
+
+        def every(period: float, fn: Callable[[], None]) -> None:
+            def run() -> None:
+                try:
+                    fn()
+                finally:
+                    self._live_timers[index] = loop.call_later(period, run)
+            index = len(self._live_timers)
+            self._live_timers.append(loop.call_later(period, run))
+
+        every(0.1, self.speaker.tick)
+        every(self._data.interval_s, lambda: self.data.tick(self.clock()))
+        every(0.5, self.costream.tick)
+
+    @property
+    def costream(self) -> CostreamManager:
+        if self._costream is None:
+            raise RuntimeError("Node.start() has not been awaited")
+        return self._costream
+
+    @property
+    def data(self) -> DataHub:
+        if self._data is None:
+            raise RuntimeError("Node.start() has not been awaited")
+        return self._data
+
+    @property
+    def wallclock_offset(self) -> float:
+        return self.udp.wallclock_offset if self.udp is not None else 0.0
+
+    def _on_data(self, pid: int, subtype: int, payload: Any) -> None:
+        self.data.on_datagram(pid, subtype, payload, self.clock())
+
+    def _on_speaker(self, room_id: str, participant: str | None) -> None:
+        assert self.simulcast is not None
+        if participant is None:
+            self.simulcast.speakers.pop(room_id, None)
+        else:
+            self.simulcast.speakers[room_id] = participant
+
+    def _push_layout(self, room_id: str, layout: dict[str, Any]) -> None:
+        """The layout to the room's clients as a priority ``system`` message, compact so nine
+        slots fit one datagram: [participant, role, seat, room, video, audio, muted, x, y,
+        w, h] per slot."""
+        slots = [[s["participant"], s["role"], s["seat"], s["room"], s["tracks"].get("video"),
+                  s["tracks"].get("audio"), s["muted"], s["x"], s["y"], s["w"], s["h"]]
+                 for s in layout["slots"]]
+        try:
+            self.data.send(room_id, "system", role="service", priority=True, extra={
+                "layout": {"mode": layout["mode"], "version": layout["version"],
+                           "slots": slots}})
+        except SfuError as exc:  # the control event carries it anyway; never break a flow
+            log.warning("layout of room %s not sent to clients: %s", room_id, exc)
+
+    def _on_room_change(self, what: str, room_id: str, subject: Any) -> None:
+        if what == "joined":
+            self.data.add_member(room_id, subject.pid, subject.participant_id, subject.role)
+        elif what == "left":
+            self.data.remove_member(room_id, subject.pid)
+            if self.speaker is not None:
+                self.speaker.forget_participant(room_id, subject.participant_id)
+        elif what == "role":
+            self.data.set_role(room_id, subject.pid, subject.role)
+        elif what == "closed":
+            self.data.close_room(room_id)
+            if self.speaker is not None:
+                self.speaker.forget_room(room_id)
+        elif what == "unpublished" and subject.kind == "audio" and self.speaker is not None:
+            self.speaker.forget(subject)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        """Subscription changes reach the subscriber over its data channel too (STATE), so
+        a client with no signalling service learns its SSRCs; batched per loop turn."""
+        name = event["event"]
+        if name not in ("subscription.created", "subscription.removed"):
+            return
+        p = self.rooms.rooms.get(event["room"])
+        q = p.participants.get(event["data"]["participant"]) if p is not None else None
+        if q is None:
+            return
+        self._state_dirty.add(q.pid)
+        if self._state_flush is None:
+            self._state_flush = asyncio.get_running_loop().call_soon(self._flush_state)
+
+    def _flush_state(self) -> None:
+        self._state_flush = None
+        dirty, self._state_dirty = self._state_dirty, set()
+        for pid in dirty:
+            p = self.rooms.by_pid.get(pid)
+            if p is None:
+                continue
+            subs = []
+            for sub in p.subscriptions.values():
+                track = self.rooms.tracks.get(sub.track_id)
+                if track is None:
+                    continue
+                subs.append({"track": track.track_id, "participant": track.participant_id,
+                             "room": track.room_id, "kind": track.kind, "codec": track.codec,
+                             "subscription": sub.subscription_id, "ssrc": sub.ssrc,
+                             "pt": sub.payload_type, "rtx_ssrc": sub.rtx_ssrc,
+                             "rtx_pt": sub.rtx_payload_type, "clock_rate": track.clock_rate})
+            self._state_version += 1  # one counter for all peers: always increasing
+            self.data.send_state(pid, {"subs": subs, "v": self._state_version})
 
     def _on_rr(self, did: int) -> None:
         if self.simulcast is not None:
@@ -247,6 +243,12 @@ class Node:
         if self._simulcast_timer is not None:
             self._simulcast_timer.cancel()
             self._simulcast_timer = None
+        for timer in self._live_timers:
+            timer.cancel()
+        self._live_timers.clear()
+        if self._state_flush is not None:
+            self._state_flush.cancel()
+            self._state_flush = None
         if self._rooms is not None:
             for room_id in list(self._rooms.rooms):
                 self._rooms.close_room(room_id)
@@ -305,19 +307,26 @@ class Node:
 
     async def _room_create(self, params: Params) -> dict[str, Any]:
         # Options may come flat or nested under "options".
-        _check_keys(params, ("room", "options", "max_participants", "max_cohosts"))
+        keys = ("max_participants", "max_cohosts", "auto_subscribe", "layout")
+        _check_keys(params, ("room", "options", *keys))
         raw_opts = params.get("options") or {}
         if not isinstance(raw_opts, dict):
             raise BadRequest("field 'options' must be a map")
         opts = dict(raw_opts)
-        _check_keys(opts, ("max_participants", "max_cohosts"), "options")
-        for key in ("max_participants", "max_cohosts"):
+        _check_keys(opts, keys, "options")
+        for key in keys:
             if key in params:
                 opts[key] = params[key]
         room = _id(params, "room")
         max_participants = _int(opts, "max_participants", 1, 1_000_000, optional=True)
         max_cohosts = _int(opts, "max_cohosts", 0, 1000, optional=True)
-        self.rooms.create_room(room, max_participants, max_cohosts)
+        auto = opts.get("auto_subscribe", False)
+        if not isinstance(auto, bool):
+            raise BadRequest("field 'auto_subscribe' must be true or false")
+        mode = _enum(opts, "layout", LAYOUTS) if "layout" in opts else "grid"
+        self.rooms.create_room(room, max_participants, max_cohosts, auto_subscribe=auto)
+        if mode != "grid":
+            self.costream.set_layout(room, mode)
         return {"room": room}
 
     async def _room_close(self, params: Params) -> None:
@@ -362,7 +371,8 @@ class Node:
     async def _track_publish(self, params: Params) -> dict[str, Any]:
         _check_keys(params, ("room", "participant", "kind", "codec", "payload_type",
                              "clock_rate", "layers", "rtx_payload_type", "fec_payload_type",
-                             "ulpfec_payload_type", "nack", "temporal_layers"))
+                             "ulpfec_payload_type", "nack", "temporal_layers",
+                             "audio_level_ext_id"))
         room, participant = _id(params, "room"), _id(params, "participant")
         kind = _enum(params, "kind", tuple(KINDS))
         codec = _enum(params, "codec", CODECS)
@@ -384,11 +394,17 @@ class Node:
             raise BadRequest("field 'nack' must be true or false (NACK the publisher for "
                              "lost packets)")
         temporal = _int(params, "temporal_layers", 1, 4, optional=True) or 1
+        level_ext = _int(params, "audio_level_ext_id", 1, 14, optional=True)
+        if level_ext is not None and kind != "audio":
+            raise BadRequest("field 'audio_level_ext_id' is for audio tracks (RFC 6464)")
         if kind == "audio" and temporal != 1:
             raise BadRequest("field 'temporal_layers' must be 1 for audio")
         track = self.rooms.publish(room, participant, kind, codec, payload_type, clock_rate,
                                    layers, rtx_pt, fec_pt, ulp_pt, nack=nack,
                                    temporal_layers=temporal, gop_cache=self.config.gop_cache)
+        if level_ext is not None and self.speaker is not None:
+            self.engine.set_source_audio_level(track.sid, level_ext)
+            self.speaker.register(track)
         return {"track": track.track_id}
 
     async def _track_unpublish(self, params: Params) -> None:
@@ -401,7 +417,7 @@ class Node:
         _check_keys(params, ("room", "participant", "track", "recovery", "preferences"))
         recovery = _recovery(params)
         room = _id(params, "room")
-        track = self.rooms.room(room).tracks.get(_id(params, "track"))
+        track = self.rooms.tracks.get(_id(params, "track"))
         prefs = None
         if "preferences" in params and track is not None:
             prefs = _prefs(params["preferences"], track.layers)
@@ -435,7 +451,7 @@ class Node:
         sub = p.subscriptions.get(sub_id)
         if sub is None:
             raise NotFound(f"participant {participant!r} has no subscription {sub_id!r}")
-        track = self.rooms.room(room).tracks[sub.track_id]
+        track = self.rooms.track(sub.track_id)
         fields = {k: v for k, v in params.items() if k not in ("room", "participant",
                                                                 "subscription")}
         sub.prefs = _prefs(fields, track.layers, sub.prefs)
@@ -456,10 +472,27 @@ class Node:
         if "participant" in params and "room" not in params:
             raise BadRequest("field 'participant' needs 'room'")
         if "room" not in params:
-            return self.stats.node()
+            out = self.stats.node()
+            out["data"] = self.data.counters()
+            out["costream"] = dict(self.costream.counters)
+            return out
         room = self.rooms.room(_id(params, "room"))
         if "participant" in params:
             p = self.rooms.participant(room.room_id, _id(params, "participant"))
             return self.stats.participant(p)
-        return self.stats.room(room)
+        out = self.stats.room(room)
+        responder = self.live.responders.get(room.room_id)
+        try:
+            data: dict[str, Any] | None = self.data.stats(room.room_id)
+        except NotFound:  # nobody has joined yet
+            data = None
+        out["live"] = {
+            "data": data,
+            "speaker": None if self.speaker is None else {
+                "dominant": self.speaker.dominant(room.room_id),
+                "levels": self.speaker.levels(room.room_id)},
+            "faq": None if responder is None else responder.counters(),
+            "costream": {k: v for k, v in self.costream.describe(room.room_id).items()
+                         if k in ("host", "seats", "pk", "auto_subscriptions")}}
+        return out
 

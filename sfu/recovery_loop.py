@@ -57,7 +57,7 @@ class RecoveryController:
         sub = self.rooms.by_did.get(did)
         if sub is None:
             return
-        track = self.rooms.rooms[sub.room_id].tracks.get(sub.track_id) \
+        track = self.rooms.tracks.get(sub.track_id) \
             if sub.room_id in self.rooms.rooms else None
         if track is None:
             return

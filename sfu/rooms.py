@@ -9,6 +9,7 @@ Input is assumed validated by sfu/node.py; state conflicts raise typed sfu.error
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from sfu.simulcast import Preferences
 
 ROLES = ("host", "cohost", "audience")
 PUBLISHING_ROLES = ("host", "cohost")
+DEFAULT_MAX_COHOSTS = 8
 KINDS = {"audio": _native.KIND_AUDIO, "video": _native.KIND_VIDEO}
 
 
@@ -145,6 +147,8 @@ class Room:
     max_cohosts: int | None
     participants: dict[str, Participant] = field(default_factory=dict)
     tracks: dict[str, Track] = field(default_factory=dict)
+    auto_subscribe: bool = False  # the node keeps stage subscriptions (sfu/costream.py)
+    linked: set[str] = field(default_factory=set)  # rooms whose tracks it may subscribe (PK)
 
 
 class RoomManager:
@@ -162,6 +166,10 @@ class RoomManager:
         self.by_ufrag: dict[str, Participant] = {}
         self.by_pid: dict[int, Participant] = {}
         self.by_did: dict[int, Subscription] = {}  # native downtrack -> subscription
+        self.tracks: dict[str, Track] = {}  # every track of every room (PK subscribes across)
+        # Called as hook(what, room_id, subject) after each state change and its event
+        # ("joined", "left", "published", "unpublished", "closed"): sfu/costream.py.
+        self.hooks: list[Callable[[str, str, Any], None]] = []
         # Every SSRC in use on the node, in or out, plus the node's own (RTCP sender).
         self._ssrcs: set[int] = set(reserved_ssrcs)
 
@@ -179,6 +187,31 @@ class RoomManager:
             raise NotFound(f"participant {participant_id!r} is not in room {room_id!r}")
         return p
 
+    def track(self, track_id: str) -> Track:
+        track = self.tracks.get(track_id)
+        if track is None:
+            raise NotFound(f"track {track_id!r} does not exist")
+        return track
+
+    def host_of(self, room_id: str) -> Participant | None:
+        for p in self.room(room_id).participants.values():
+            if p.role == "host":
+                return p
+        return None
+
+    def set_role(self, p: Participant, role: str) -> None:
+        """Seat changes (sfu/costream.py): audience <-> cohost, host handover."""
+        if role == p.role:
+            return
+        previous, p.role = p.role, role
+        self._emit(p.room_id, "participant.role_changed", {
+            "participant": p.participant_id, "role": role, "previous": previous})
+        self._notify("role", p.room_id, p)
+
+    def _notify(self, what: str, room_id: str, subject: Any) -> None:
+        for hook in list(self.hooks):
+            hook(what, room_id, subject)
+
     def emit(self, room_id: str, name: str, data: dict[str, Any]) -> None:
         """An event for a state change made outside this class (e.g. recovery plans)."""
         self._emit(room_id, name, data)
@@ -194,7 +227,7 @@ class RoomManager:
     # -- rooms -----------------------------------------------------------------------------
 
     def create_room(self, room_id: str, max_participants: int | None,
-                    max_cohosts: int | None) -> Room:
+                    max_cohosts: int | None, *, auto_subscribe: bool = False) -> Room:
         if room_id in self.rooms:
             raise Conflict(f"room {room_id!r} already exists")
         if len(self.rooms) >= self.max_rooms:
@@ -203,20 +236,27 @@ class RoomManager:
         if max_participants is not None and max_participants > cap:
             raise LimitExceeded(f"max_participants {max_participants} exceeds the node "
                                 f"limit {cap}")
-        room = Room(room_id, max_participants or cap, max_cohosts)
+        if max_cohosts is None:
+            max_cohosts = DEFAULT_MAX_COHOSTS
+        room = Room(room_id, max_participants or cap, max_cohosts,
+                    auto_subscribe=auto_subscribe)
         self.rooms[room_id] = room
         options: dict[str, Any] = {"max_participants": room.max_participants,
-                                   "max_cohosts": max_cohosts}
+                                   "max_cohosts": max_cohosts,
+                                   "auto_subscribe": auto_subscribe}
         self._emit(room_id, "room.created", {"room": room_id, "options": options})
         return room
 
     def close_room(self, room_id: str) -> None:
         room = self.room(room_id)
-        # One event for the whole teardown: consumers drop everything they hold for the room.
+        # Links to other rooms end first (their events go to those rooms); then one event
+        # for the whole teardown: consumers drop everything they hold for the room.
+        self._notify("closing", room_id, room)
         for p in list(room.participants.values()):
             self._drop_participant(room, p, emit=False)
         del self.rooms[room_id]
         self._emit(room_id, "room.closed", {"room": room_id})
+        self._notify("closed", room_id, room)
 
     # -- participants ----------------------------------------------------------------------
 
@@ -227,6 +267,12 @@ class RoomManager:
             raise Conflict(f"participant {participant_id!r} already joined room {room_id!r}")
         if len(room.participants) >= room.max_participants:
             raise LimitExceeded(f"room {room_id!r} is full ({room.max_participants})")
+        if role == "host":
+            host = next((q for q in room.participants.values() if q.role == "host"), None)
+            if host is not None:
+                raise Conflict(f"room {room_id!r} already has host {host.participant_id!r}; "
+                               "join as cohost or audience, or hand over with "
+                               "costream.handover")
         if role == "cohost" and room.max_cohosts is not None:
             cohosts = sum(1 for p in room.participants.values() if p.role == "cohost")
             if cohosts >= room.max_cohosts:
@@ -249,6 +295,7 @@ class RoomManager:
         self.by_ufrag[ufrag] = p
         self.by_pid[pid] = p
         self._emit(room_id, "participant.joined", {"participant": participant_id, "role": role})
+        self._notify("joined", room_id, p)
         return p
 
     def bind(self, p: Participant, host: str, port: int) -> str:
@@ -274,12 +321,13 @@ class RoomManager:
         p = self.participant(room_id, participant_id)
         self._drop_participant(room, p, emit=True)
         self._emit(room_id, "participant.left", {"participant": participant_id})
+        self._notify("left", room_id, p)
 
     def _drop_participant(self, room: Room, p: Participant, *, emit: bool) -> None:
         for sub in list(p.subscriptions.values()):
             self._drop_subscription(room, sub, emit=emit, native=False)
-        for track in list(p.tracks.values()):
-            self._drop_track(room, track, emit=emit, native=False)
+        for track in list(p.tracks.values()):  # the "left" hook follows: no per-track one
+            self._drop_track(room, track, emit=emit, native=False, notify=False)
         del room.participants[p.participant_id]
         self.by_ufrag.pop(p.ice_ufrag, None)
         self.by_pid.pop(p.pid, None)
@@ -336,9 +384,11 @@ class RoomManager:
                       temporal_layers=temporal_layers, room_id=room_id)
         p.tracks[track_id] = track
         room.tracks[track_id] = track
+        self.tracks[track_id] = track
         self._emit(room_id, "track.published", {
             "track": track_id, "participant": participant_id, "kind": kind, "codec": codec,
             "layers": [lay.describe() for lay in layers], "temporal_layers": temporal_layers})
+        self._notify("published", room_id, track)
         return track
 
     def learn_layer(self, pid: int, ssrc: int, rid: str) -> Track | None:
@@ -368,12 +418,14 @@ class RoomManager:
             raise NotFound(f"participant {participant_id!r} has no track {track_id!r}")
         self._drop_track(room, track, emit=True, native=True)
 
-    def _drop_track(self, room: Room, track: Track, *, emit: bool, native: bool) -> None:
+    def _drop_track(self, room: Room, track: Track, *, emit: bool, native: bool,
+                    notify: bool = True) -> None:
         for sub in list(track.subscriptions.values()):
             self._drop_subscription(room, sub, emit=emit, native=False)
         publisher = room.participants[track.participant_id]
         del publisher.tracks[track.track_id]
         del room.tracks[track.track_id]
+        self.tracks.pop(track.track_id, None)
         for lay in track.layers:
             self._release_ssrcs(lay.ssrc, lay.rtx_ssrc)
             if lay.fec_ssrc:
@@ -383,6 +435,8 @@ class RoomManager:
         if emit:
             self._emit(room.room_id, "track.unpublished", {
                 "track": track.track_id, "participant": track.participant_id})
+            if notify:
+                self._notify("unpublished", room.room_id, track)
 
     # -- subscriptions ---------------------------------------------------------------------
 
@@ -399,7 +453,11 @@ class RoomManager:
         p = self.participant(room_id, participant_id)
         track = room.tracks.get(track_id)
         if track is None:
-            raise NotFound(f"track {track_id!r} does not exist in room {room_id!r}")
+            other = self.tracks.get(track_id)
+            if other is None or other.room_id not in room.linked:
+                raise NotFound(f"track {track_id!r} does not exist in room {room_id!r} or a "
+                               "room linked to it")
+            track = other
         if any(s.track_id == track_id for s in p.subscriptions.values()):
             raise Conflict(f"participant {participant_id!r} already subscribes to {track_id!r}")
         if recovery is not None and recovery.fec == "ulpfec" and p.twcc_ext_id:
@@ -447,8 +505,14 @@ class RoomManager:
 
     def _drop_subscription(self, room: Room, sub: Subscription, *, emit: bool,
                            native: bool) -> None:
-        room.participants[sub.participant_id].subscriptions.pop(sub.subscription_id, None)
-        track = room.tracks.get(sub.track_id)
+        # The subscriber may sit in another room than the track (PK): that room hears of it.
+        if sub.room_id != room.room_id and sub.room_id in self.rooms:
+            room = self.rooms[sub.room_id]
+            emit = True
+        subscriber = room.participants.get(sub.participant_id)
+        if subscriber is not None:
+            subscriber.subscriptions.pop(sub.subscription_id, None)
+        track = self.tracks.get(sub.track_id)
         if track is not None:
             track.subscriptions.pop(sub.subscription_id, None)
         self._release_ssrcs(sub.ssrc, sub.rtx_ssrc)

@@ -41,6 +41,7 @@ ALR_PROBE_S = 5.0  # held below its subscriptions by preferences: probe this oft
 ALR_HEADROOM = 1.2  # ... until the estimate covers all of them with this margin
 BANDWIDTH_EVENT_CHANGE = 0.15  # participant.bandwidth on a change this large (or every 5 s)
 PRIORITY = {"host": 0, "cohost": 1}
+SPEAKER_PRIORITY = -1  # the dominant speaker's video is served before the host's
 
 
 @dataclass(slots=True)
@@ -77,6 +78,7 @@ class SimulcastController:
         self._drain: dict[int, asyncio.TimerHandle] = {}  # downtrack -> delayed switch
         self.allocations = 0
         self.probes = 0
+        self.speakers: dict[str, str] = {}  # room -> dominant speaker (sfu/speaker.py)
 
     # -- layer rates -------------------------------------------------------------------------
 
@@ -185,30 +187,37 @@ class SimulcastController:
 
     # -- allocation --------------------------------------------------------------------------
 
-    def _demand(self, sub: Subscription, track: Track, publisher_role: str) -> Demand:
+    def _priority(self, track: Track, publisher: Participant | None) -> int:
+        """0 host, 1 co-host, 2 others; the room's dominant speaker goes first (-1)."""
+        if publisher is None:
+            return 2
+        if self.speakers.get(track.room_id) == publisher.participant_id:
+            return SPEAKER_PRIORITY
+        return PRIORITY.get(publisher.role, 2)
+
+    def _demand(self, sub: Subscription, track: Track, priority: int) -> Demand:
         current = None
         if sub.layer is not None and sub.target is not None:
             current = (sub.layer, sub.target[1])
         if track.kind == "audio":
-            return Demand(sub.subscription_id, "audio", PRIORITY.get(publisher_role, 2),
+            return Demand(sub.subscription_id, "audio", priority,
                           (LayerRate(0, "", None, None, (64_000.0,)),), sub.prefs, current)
-        return Demand(sub.subscription_id, "video", PRIORITY.get(publisher_role, 2),
+        return Demand(sub.subscription_id, "video", priority,
                       self.layer_rates(track), sub.prefs, current)
 
     def allocate(self, p: Participant) -> None:
         """Re-split participant p's estimate over its subscriptions and apply the targets."""
         if p.room_id not in self.rooms.rooms:
             return
-        room = self.rooms.rooms[p.room_id]
         subs: list[tuple[Subscription, Track]] = []
         demands: list[Demand] = []
         for sub in p.subscriptions.values():
-            track = room.tracks.get(sub.track_id)
-            if track is None:
+            track = self.rooms.tracks.get(sub.track_id)
+            if track is None or track.room_id not in self.rooms.rooms:
                 continue
-            publisher = room.participants.get(track.participant_id)
+            publisher = self.rooms.rooms[track.room_id].participants.get(track.participant_id)
             subs.append((sub, track))
-            demands.append(self._demand(sub, track, publisher.role if publisher else ""))
+            demands.append(self._demand(sub, track, self._priority(track, publisher)))
         if not demands:
             return
         v = self._viewer(p)
@@ -300,7 +309,7 @@ class SimulcastController:
         sub = self.rooms.by_did.get(did)
         if sub is None or sub.room_id not in self.rooms.rooms:
             return
-        track = self.rooms.rooms[sub.room_id].tracks.get(sub.track_id)
+        track = self.rooms.tracks.get(sub.track_id)
         if track is None:
             return
         sub.layer = None if layer < 0 else layer

@@ -100,7 +100,7 @@ class StatsView:
     def _track_of(self, p: Participant, sub: Subscription) -> Track | None:
         if self.simulcast is None or p.room_id not in self.simulcast.rooms.rooms:
             return None
-        return self.simulcast.rooms.rooms[p.room_id].tracks.get(sub.track_id)
+        return self.simulcast.rooms.tracks.get(sub.track_id)
 
     def room(self, room: Room) -> dict[str, Any]:
         return {"room": room.room_id,

@@ -69,7 +69,8 @@ async def test_stun_from_new_address_moves_participant():
         a, b = await open_client(), await open_client()
         a.send(stun.binding_request(j["ice_ufrag"], j["ice_pwd"]), running.udp_address)
         assert await wait_until(lambda: bool(a.rx))
-        assert [e["event"] for e in events] == ["participant.joined"]  # first bind: no move
+        # First bind: no move (a co-host joining takes a seat at once).
+        assert [e["event"] for e in events] == ["participant.joined", "costream.seat_taken"]
         await publish_video(running, "r1", "mobile", ssrc=777)
         b.send(stun.binding_request(j["ice_ufrag"], j["ice_pwd"]), running.udp_address)
         assert await wait_until(lambda: bool(b.rx))

@@ -37,7 +37,7 @@ async def test_stun_bad_integrity_not_bound_and_rtp_dropped():
     async with running_node() as running:
         host, track, viewers, _ = await host_and_viewers(running, 1)
         j = await call(running, "participant.join", room="r1", participant="evil",
-                       role="host")
+                       role="cohost")
         evil = await open_client()
         bad = stun.binding_request(j["ice_ufrag"], "not-the-password-at-all")
         unknown = stun.binding_request("nosuchufrag", j["ice_pwd"])

@@ -271,8 +271,8 @@ def test_events_and_snapshot_track_every_change():
             ("room.created", "other", 1)]
         assert events[7]["data"] == {"subscription": sub2["subscription"], "participant": "v",
                                      "track": track}
-        assert events[0]["data"] == {"room": "r1", "options": {"max_participants": 10000,
-                                                               "max_cohosts": None}}
+        assert events[0]["data"] == {"room": "r1", "options": {
+            "max_participants": 10000, "max_cohosts": 8, "auto_subscribe": False}}
         assert (await call(running, "room.list"))["rooms"] == ["r1", "other"]
         await call(running, "room.close", room="r1")
         assert events[-1] == {"event": "room.closed", "room": "r1", "seq": 11,

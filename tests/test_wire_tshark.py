@@ -52,7 +52,7 @@ HOST_SR_NTP = (3_900_000_000 << 32) | 0x12345678
 REPORT_WAIT = 1.3  # > the engine's ~1 s RTCP interval, so its own SR/RR timer fires
 
 # RTCP packet types (RFC 3550 §12.1, RFC 4585 §6.1) and the PLI format (RFC 4585 §6.3.1).
-SR, RR, SDES, PSFB = 200, 201, 202, 206
+SR, RR, SDES, APP, PSFB = 200, 201, 202, 204, 206
 FMT_PLI = 1
 STUN_BINDING_REQUEST, STUN_BINDING_SUCCESS = 0x0001, 0x0101
 ATTR_XOR_MAPPED, ATTR_INTEGRITY, ATTR_FINGERPRINT = 0x0020, 0x0008, 0x8028
@@ -280,7 +280,15 @@ def check_frames(port: int, facts: dict[str, Any], frames: list[dict[str, Any]])
     # RTCP from the node: PLI to the host for its SSRC; compound SR+SDES(CNAME) from the
     # node SSRC (no media: packet count 0) to the host, reporting on its SSRC; compound
     # SR+SDES(CNAME) to each viewer from its SSRC.
+    # Data messages (docs/data.md) are RTCP APP packets named SFUD: each viewer's STATE
+    # (its subscriptions), first send and resends; tshark must decode them cleanly too.
     rtcp = [(who, f) for who, f in outbound if top_protocol(f) == "rtcp"]
+    data = [(who, f) for who, f in rtcp if ints(f, "rtcp.pt") == [APP]]
+    assert data and len(data) == counters["data_out"]
+    for who, f in data:
+        assert who in ("v0", "v1")
+        assert f["rtcp.app.name"] == ["SFUD"] and ints(f, "rtcp.app.subtype") == [4]
+    rtcp = [(who, f) for who, f in rtcp if ints(f, "rtcp.pt") != [APP]]
     assert len(rtcp) == counters["rtcp_sent"]
     plis = [(who, f) for who, f in rtcp if ints(f, "rtcp.pt") == [PSFB]]
     # Both viewers' PLIs arrive in one loop turn: the engine coalesces them (300 ms window).

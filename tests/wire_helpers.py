@@ -183,7 +183,8 @@ FIELDS = (
     "rtp.version", "rtp.ssrc", "rtp.seq", "rtp.timestamp", "rtp.p_type", "rtp.marker",
     "rtp.padding", "rtp.padding.count", "rtp.ext", "rtp.ext.profile", "rtp.ext.rfc5285.id",
     "rtp.cc", "rtp.csrc.item",
-    "rtcp.pt", "rtcp.senderssrc", "rtcp.ssrc.identifier", "rtcp.psfb.fmt", "rtcp.mediassrc",
+    "rtcp.pt", "rtcp.app.name", "rtcp.app.subtype", "rtcp.senderssrc",
+    "rtcp.ssrc.identifier", "rtcp.psfb.fmt", "rtcp.mediassrc",
     "rtcp.sdes.type", "rtcp.sdes.text", "rtcp.ssrc.lsr", "rtcp.length_check",
 )
 

@@ -65,6 +65,7 @@ class UdpTransport:
         self._rooms: RoomManager | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self.wallclock_offset = time.time() - time.monotonic()
         # Called with the downtrack handle of each receiver-report block (recovery policy).
         self.on_receiver_report: Callable[[int], None] | None = None
         # Simulcast: EV_LAYER (did, layer, temporal), EV_BWE (pid, estimate, acked),
@@ -75,7 +76,8 @@ class UdpTransport:
         self._rooms = rooms
         # Sender reports carry NTP wallclock; the engine only sees CLOCK_MONOTONIC
         # (time.monotonic(), which the native reader also uses).
-        self.engine.set_wallclock_offset(time.time() - time.monotonic())
+        self.wallclock_offset = time.time() - time.monotonic()
+        self.engine.set_wallclock_offset(self.wallclock_offset)
         # The read callback is native (no Python frame per wakeup); Python runs only to
         # drain events.
         self._reader = _native.UdpReader(self.engine, self.tid, self._drain)
@@ -123,6 +125,9 @@ class UdpTransport:
                         self.on_receiver_report(int(event[1]))
                     if _native.EV_RR in self.handlers:
                         self.handlers[_native.EV_RR](int(event[1]), 0, 0)
+                elif kind == _native.EV_DATA:
+                    if kind in self.handlers:  # (EV_DATA, pid, subtype, payload bytes)
+                        self.handlers[kind](int(event[1]), int(event[2]), event[3])
                 elif kind in self.handlers:
                     self.handlers[kind](int(event[1]), int(event[2]), int(event[3]))
                 elif kind == _native.EV_OVERFLOW:
