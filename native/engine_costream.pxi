@@ -36,6 +36,10 @@ cdef void eng_muted_in(Engine e, Ingress *g, uint16_t seq, double now, int how) 
         g.h_lo = ext            # no early room: an older seq may be a muted one too
         g.h_hi = ext
     ext = hist_ext_of(g, seq)
+    if g.mute_hi == 0 or (ext < g.mute_lo and ext >= g.h_lo):
+        g.mute_lo = ext if ext < g.h_hi else g.h_hi
+    if ext + 1 > g.mute_hi:
+        g.mute_hi = ext + 1
     if ext >= g.h_hi:
         x = g.h_hi
         if ext - x >= g.h_cap:
@@ -115,6 +119,7 @@ cdef void eng_set_muted(Engine e, int32_t sid, bint muted, double now) noexcept 
         g.blk_k = 0             # downlink FEC blocks restart after the mute
         if muted and g.role == ROLE_MEDIA:
             g.key_ext = -1      # no GOP replay of frames from before: wait for a new one
+            g.key_floor = g.h_hi    # nor a late pre-mute keyframe packet after unmute
     if muted:
         s.muted = 1
         s.mute_seen = 1
@@ -126,10 +131,14 @@ cdef void eng_set_muted(Engine e, int32_t sid, bint muted, double now) noexcept 
                 t.pin_rebase_out = <uint16_t>(<uint16_t>e.ingress[t.iid].h_hi + t.seq_delta)
                 t.ulp_next = e.ingress[t.iid].h_hi - t.ulp_origin
                 t.pin_rebase = 1
+            if t.pin_rebase:
+                t.pin_unmute_ext = <int64_t>1 << 62
         return
     s.muted = 0
     for i in range(s.ndts):
         t = &e.dts[s.dts[i]]
+        if t.pin_rebase:
+            t.pin_unmute_ext = e.ingress[t.iid].h_hi
         if t.mode == DT_SWITCHED and t.cur_layer >= 0:
             # Like a pause: resume at a keyframe, seqs/timestamps/PictureIDs continuing.
             t.paused_layer = t.cur_layer

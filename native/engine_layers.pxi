@@ -402,6 +402,8 @@ cdef void eng_forward(Engine e, Downtrack *t, int32_t did, int32_t slot, const u
     cdef int r
     if not p.bound:
         return
+    if t.pin_rebase and ext >= t.pin_unmute_ext:
+        eng_pin_rebase(t, t.pin_unmute_ext, <uint16_t>t.pin_unmute_ext)
     if v.payload_type != g.payload_type:
         # The publisher's in-band ULPFEC: re-encoded for a pinned viewer (its header depends
         # on the rewrite); none for one that gets the node's own ULPFEC or switches layers.
@@ -445,8 +447,6 @@ cdef void eng_forward(Engine e, Downtrack *t, int32_t did, int32_t slot, const u
         t.ulp_block = 0
         t.ulp_top = 0
     t.iid = iid
-    if t.pin_rebase and fresh:
-        eng_pin_rebase(t, ext, v.seq)
     if not dt_out_seq(t, ext, v.seq, &out_seq):
         return
     out_ts = v.ts + t.ts_delta

@@ -162,11 +162,14 @@ cdef void eng_data_in(Engine e, int32_t pid, const uint8_t *p, Py_ssize_t plen,
     if size < 0 or size > 1400:
         e.c[C_DATA_MALFORMED] += 1
         return
+    # Data may fill the shared slots only up to a reserve kept for STUN (bindings must get
+    # through while a burst of data waits for Python); a full queue costs no token.
+    if e.ev_count >= e.event_ring or e.ev_data_count >= EVENT_DATA_SLOTS - 256:
+        e.ev_overflow += 1             # reported as EV_OVERFLOW
+        e.c[C_DATA_QUEUE_FULL] += 1
+        return
     if not eng_data_admit(e, &e.peers[pid], now):
         e.c[C_DATA_RATE_LIMITED] += 1
-        return
-    if e.ev_count >= e.event_ring or e.ev_data_count >= EVENT_DATA_SLOTS:
-        e.ev_overflow += 1             # reported as EV_OVERFLOW
         return
     ds = (e.ev_data_head + e.ev_data_count) % EVENT_DATA_SLOTS
     if size:
@@ -211,6 +214,8 @@ cdef int eng_request_keyframe(Engine e, int32_t sid, double now, int32_t request
     cdef uint8_t *out
     cdef int i, k = 0
     cdef Ingress *g
+    if s.ningress == 0:
+        return 0                        # nothing received yet: no SSRC to ask
     if now - s.last_pli < e.pli_interval:
         e.c[C_PLI_COALESCED] += 1
         e.ss[sid * N_SRC_FIELDS + S_PLI_COALESCED] += 1

@@ -276,7 +276,7 @@ cdef void eng_media_in(Engine e, int32_t iid, int32_t slot, const uint8_t *d, Py
             if how == HOW_DIRECT:
                 e.c[C_DROP_DUPLICATE] += 1
             return
-        if put == PUT_MUTED or (put == PUT_OLD and s.mute_seen):
+        if put == PUT_MUTED or (put == PUT_OLD and g.mute_lo <= ext < g.mute_hi):
             eng_muted_count(e, sid, how)    # late, from a muted stretch (or too old to tell)
             return
     if how == HOW_DIRECT:
@@ -302,7 +302,7 @@ cdef void eng_media_in(Engine e, int32_t iid, int32_t slot, const uint8_t *d, Py
     if v.payload_type == g.payload_type:
         if how == HOW_DIRECT:
             g.tid_bytes[mi.tid if mi.tid > 0 else 0] += n
-        if mi.key and mi.start and s.kind == KIND_VIDEO_ and ext > g.key_ext and (
+        if mi.key and mi.start and s.kind == KIND_VIDEO_ and ext > g.key_ext and ext >= g.key_floor and (
                 put == PUT_NEW or put == PUT_FILLED or put == PUT_EARLY):
             g.key_ext = ext         # the GOP cache starts here
             g.key_time = now

@@ -54,6 +54,7 @@ COUNTER_NAMES = (
     "layer_switches", "keyframes_in", "twcc_stamped", "twcc_unstamped", "twcc_fb_malformed",
     "padding_sent", "gop_sent", "rid_reported", "rtx_throttled",
     "data_in", "data_rate_limited", "data_malformed", "data_out", "muted_drops",
+    "data_queue_full",
 )
 
 cdef enum:
@@ -119,6 +120,7 @@ cdef enum:
     C_DATA_MALFORMED
     C_DATA_OUT
     C_MUTED_DROPS
+    C_DATA_QUEUE_FULL
     N_COUNTERS
 
 # lost: RFC 3550 cumulative loss on the uplink before recovery; missing: holes seen;
@@ -257,6 +259,8 @@ cdef struct Ingress:
     # Codec state: the latest keyframe start (GOP cache: a new viewer starts there),
     # bytes per VP8 temporal layer (allocation), last PLI asked for this SSRC.
     int64_t key_ext
+    int64_t mute_lo, mute_hi # extended seqs ever marked H_MUTED: [mute_lo, mute_hi)
+    int64_t key_floor        # keyframes below this (before a mute) never start the GOP cache
     double key_time
     double last_pli
     int64_t tid_bytes[4]
@@ -403,6 +407,7 @@ cdef struct Downtrack:
     # packets from pin_prev_ext up to it keep pin_prev_delta (late repairs, NACKs).
     uint8_t pin_rebase       # muted: rebase at the next new packet, to viewer seq pin_rebase_out
     uint16_t pin_rebase_out
+    int64_t pin_unmute_ext    # first ext after the muted stretch (rebase point)
     uint16_t pin_seg_out
     uint16_t pin_prev_delta
     int64_t pin_seg_ext
