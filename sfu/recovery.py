@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Literal
 
 from sfu.loss_models import (
@@ -276,14 +277,23 @@ def _overhead_cap(link: Link, factor: float) -> float:
 
 
 def _quantized(link: Link) -> Link:
-    """The policy's view of a link: loss on a 0.25 % grid, burst on a 0.05 grid, RTT to 1 ms.
-    The models are smooth at that scale, and the grid lets the block-code tables be cached
-    (a node re-plans many viewers whose estimates differ in the last digits)."""
+    """The policy's view of a link: loss on a 0.25 % grid, burst on a 0.05 grid, RTT to 1 ms,
+    packet rate to two significant digits, size to 10 bytes. The models are smooth at that
+    scale, and the grid lets whole decisions be cached: a node re-plans every stage member's
+    every subscription on each receiver report, and their estimates differ in the last
+    digits only."""
     loss = min(round(link.loss / 0.0025) * 0.0025, 0.95)
     burst = None if link.mean_burst is None else max(1.0, round(link.mean_burst / 0.05) * 0.05)
-    return replace(link, loss=loss, mean_burst=burst, rtt_s=round(link.rtt_s, 3))
+    back = None if link.back_loss is None else min(round(link.back_loss / 0.0025) * 0.0025,
+                                                   0.95)
+    digits = 1 - math.floor(math.log10(link.pps)) if link.pps >= 1 else 3
+    return replace(link, loss=loss, mean_burst=burst, rtt_s=round(link.rtt_s, 3),
+                   back_loss=back, pps=max(1e-3, round(link.pps, digits)),
+                   packet_bytes=max(1.0, round(link.packet_bytes, -1)),
+                   loss_sd=min(round(link.loss_sd / 0.0025) * 0.0025, 1.0))
 
 
+@lru_cache(maxsize=8192)
 def _best_plan(link: Link, budget_s: float, target: float, max_overhead_factor: float,
                nack: bool, scheme: FecScheme, max_block_s: float,
                fixed_k: int | None) -> Plan:

@@ -11,6 +11,7 @@ changes, bandwidth, watched layers).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,13 @@ ALR_HEADROOM = 1.2  # ... until the estimate covers all of them with this margin
 BANDWIDTH_EVENT_CHANGE = 0.15  # participant.bandwidth on a change this large (or every 5 s)
 PRIORITY = {"host": 0, "cohost": 1}
 SPEAKER_PRIORITY = -1  # the dominant speaker's video is served before the host's
+# A steady viewer (same estimate, subscriptions, preferences and layer rates, within these
+# steps) is re-allocated on the tick at most this often: at hundreds of viewers the per-tick
+# allocation was a fifth of the node's CPU. A transport-wide-CC viewer short of bandwidth is
+# re-allocated every tick (it probes and climbs); others only when an input moved.
+STEADY_REALLOCATE_S = 10.0
+ESTIMATE_STEP = math.log(1.05)
+RATE_STEP = math.log(1.25)
 
 
 @dataclass(slots=True)
@@ -55,6 +63,8 @@ class _Viewer:
     probe_ok: bool = False
     reported: float = 0.0
     reported_at: float = -1e9
+    signature: tuple[Any, ...] = ()  # inputs of the last allocation (quantized)
+    allocated_at: float = -1e9
 
 
 @dataclass(slots=True)
@@ -79,12 +89,17 @@ class SimulcastController:
         self.allocations = 0
         self.probes = 0
         self.speakers: dict[str, str] = {}  # room -> dominant speaker (sfu/speaker.py)
+        self._dirty: set[int] = set()  # viewers to re-allocate at the end of this loop turn
+        self._dirty_flush: asyncio.Handle | None = None
+        self._qrates: dict[str, tuple[tuple[int, ...], ...]] = {}  # cleared on each sample
+        self.skipped = 0
 
     # -- layer rates -------------------------------------------------------------------------
 
     def sample_rates(self) -> None:
         now = self.clock()
         self._rate_cache.clear()
+        self._qrates.clear()
         live: set[str] = set()
         for room in self.rooms.rooms.values():
             for track in room.tracks.values():
@@ -157,7 +172,7 @@ class SimulcastController:
         if v.probe_from and estimate_bps > v.probe_from * 1.1:
             v.probe_ok = True
         self._report(p, v)
-        self.allocate(p)
+        self._mark(p)
 
     def on_receiver_report(self, did: int) -> None:
         """Viewers without transport-wide feedback: GCC's loss rule on RR, capped by REMB."""
@@ -174,7 +189,55 @@ class SimulcastController:
                                     remb if remb > 0 else None)
         v.source = "remb" if remb > 0 else "rr"
         self._report(p, v)
-        self.allocate(p)
+        self._mark(p)
+
+    def _mark(self, p: Participant) -> None:
+        """Re-allocate p once at the end of this loop turn: a receiver report carries a
+        block per subscription, and each block is an event."""
+        self._dirty.add(p.pid)
+        if self._dirty_flush is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a synchronous caller): now
+                self._run_dirty()
+                return
+            self._dirty_flush = loop.call_soon(self._run_dirty)
+
+    def _run_dirty(self) -> None:
+        self._dirty_flush = None
+        dirty, self._dirty = self._dirty, set()
+        now = self.clock()
+        for pid in dirty:
+            p = self.rooms.by_pid.get(pid)
+            if p is None:
+                continue
+            v = self._viewer(p)
+            sig = self._signature(p, v)
+            if sig == v.signature and now - v.allocated_at < STEADY_REALLOCATE_S \
+                    and not (p.twcc_ext_id and v.allocator.constrained):
+                self.skipped += 1
+                continue
+            v.signature = sig
+            self.allocate(p)
+
+    def _quantized_rates(self, track: Track) -> tuple[tuple[int, ...], ...]:
+        q = self._qrates.get(track.track_id)
+        if q is None:
+            q = self._qrates[track.track_id] = tuple(
+                tuple(round(math.log1p(r) / RATE_STEP) for r in lr.rates)
+                for lr in self.layer_rates(track))
+        return q
+
+    def _signature(self, p: Participant, v: _Viewer) -> tuple[Any, ...]:
+        parts: list[Any] = [round(math.log(max(v.estimate, 1.0)) / ESTIMATE_STEP)]
+        for sub in p.subscriptions.values():
+            track = self.rooms.tracks.get(sub.track_id)
+            if track is None:
+                continue
+            parts.append((sub.subscription_id, sub.prefs, sub.target, sub.layer,
+                          self.speakers.get(track.room_id) == track.participant_id,
+                          self._quantized_rates(track) if track.kind == "video" else ()))
+        return tuple(parts)
 
     def _report(self, p: Participant, v: _Viewer) -> None:
         now = self.clock()
@@ -224,6 +287,7 @@ class SimulcastController:
         now = self.clock()
         choices = v.allocator.allocate(v.estimate, demands, now)
         self.allocations += 1
+        v.allocated_at = now
         for sub, track in subs:
             if track.kind == "video":
                 self._apply(sub, track, choices[sub.subscription_id], now)
@@ -356,9 +420,18 @@ class SimulcastController:
     def tick(self) -> None:
         """Every ~0.5 s: refresh layer rates, re-allocate every viewer of video."""
         self.sample_rates()
+        now = self.clock()
         for p in list(self.rooms.by_pid.values()):
-            if p.subscriptions:
-                self.allocate(p)
+            if not p.subscriptions:
+                continue
+            v = self._viewer(p)
+            sig = self._signature(p, v)
+            if sig == v.signature and now - v.allocated_at < STEADY_REALLOCATE_S \
+                    and not (p.twcc_ext_id and v.allocator.constrained):
+                self.skipped += 1
+                continue
+            v.signature = sig
+            self.allocate(p)
         live = set(self.rooms.by_pid)
         for pid in set(self._viewers) - live:
             del self._viewers[pid]
