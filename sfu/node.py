@@ -127,13 +127,21 @@ class Node:
         loop = asyncio.get_running_loop()
 
         def every(period: float, fn: Callable[[], None]) -> None:
+            """Run fn on a fixed grid of absolute times (a rescheduling timer would drift by
+            its own run time, and rate shaping per interval would fall short of its caps)."""
+            due = loop.time() + period
+
             def run() -> None:
+                nonlocal due
                 try:
                     fn()
                 finally:
-                    self._live_timers[index] = loop.call_later(period, run)
+                    due += period
+                    if due < loop.time():  # fell behind (a stall): skip, don't burst
+                        due = loop.time() + period
+                    self._live_timers[index] = loop.call_at(due, run)
             index = len(self._live_timers)
-            self._live_timers.append(loop.call_later(period, run))
+            self._live_timers.append(loop.call_at(due, run))
 
         every(0.1, self.speaker.tick)
         every(self._data.interval_s, lambda: self.data.tick(self.clock()))

@@ -186,9 +186,10 @@ class LiveMethods:
             if kind not in SYNCED_KINDS:
                 raise BadRequest(f"field 'sync' is for kinds {', '.join(SYNCED_KINDS)}")
             media = self.stamp(room, params["sync"])
-        result = self.node.data.send(room, kind, sender=sender, role=role,
-                                     text=params.get("text"), count=params.get("count"),
-                                     extra=params.get("extra"), media=media, priority=priority)
+        result = self.node.data.send(
+            room, kind, sender=sender, role=role, text=params.get("text"),
+            count=params.get("count"), extra=params.get("extra"), priority=priority,
+            media=None if media is None else {k: media[k] for k in ("track", "rtp_ts", "ntp")})
         out = dict(result)
         if media is not None:
             out["media"] = media
