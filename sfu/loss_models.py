@@ -88,7 +88,7 @@ def ge_params(avg: float, mean_burst: float) -> tuple[float, float]:
     return min(p_gb, 1.0), p_bg
 
 
-@lru_cache(maxsize=2048)  # ~7 KB per table; the policy revisits a few hundred links
+@lru_cache(maxsize=4096)  # ~7 KB per table; the policy revisits a few hundred links
 def ge_table(p_gb: float, p_bg: float, kmax: int, mmax: int, keep: float = 1.0) -> np.ndarray:
     """table[k, m] = residual after RS decoding of a block of k media + m parity packets,
     for every 1 ≤ k ≤ kmax, 0 ≤ m ≤ mmax, on a Gilbert channel; exact, by a forward DP over

@@ -483,6 +483,10 @@ class Node:
             out = self.stats.node()
             out["data"] = self.data.counters()
             out["costream"] = dict(self.costream.counters)
+            if self.simulcast is not None:
+                out["allocation"] = {"allocations": self.simulcast.allocations,
+                                     "skipped_steady": self.simulcast.skipped,
+                                     "probes": self.simulcast.probes}
             return out
         room = self.rooms.room(_id(params, "room"))
         if "participant" in params:

@@ -143,6 +143,10 @@ def _fec_table(plan: Plan, link: Link, keep: float) -> float:
         return link.loss * keep
     p_gb, p_bg = ge_params(link.loss, link.burst)
     kmax, mmax = (RS_MAX_K, RS_MAX_M) if plan.fec == "rs" else (ULPFEC_MAX_K, 1)
+    # Rows up to the next power of two of k only: the table's cost grows with its rows
+    # (64 rows: ~14 ms, 8: ~1 ms), its values do not depend on how many there are, and a
+    # source's block length is a few packets.
+    kmax = min(kmax, 1 << max(2, (plan.k - 1).bit_length()))
     return float(ge_table(_q(p_gb), _q(p_bg), kmax, mmax, _q(keep))[plan.k, plan.m])
 
 
@@ -481,7 +485,11 @@ class RecoveryPolicy:
 
     def __init__(self, *, nack: bool = True, fec: FecRequest = "auto", budget_s: float = 0.2,
                  target: float = 0.002, max_overhead_factor: float = 1.4,
-                 min_interval_s: float = 2.0, max_block_s: float = 0.04) -> None:
+                 min_interval_s: float = 2.0, max_block_s: float = 0.04,
+                 eval_interval_s: float = 0.0) -> None:
+        """``eval_interval_s``: re-decide at most this often while the loss estimate stays
+        within a quarter of the last decision's (a node with many viewers re-plans each on
+        every receiver report otherwise)."""
         if fec not in ("auto", "off", "rs", "ulpfec"):
             raise ValueError(f"fec must be 'auto', 'off', 'rs' or 'ulpfec', got {fec!r}")
         self.nack = nack
@@ -491,9 +499,12 @@ class RecoveryPolicy:
         self.max_overhead_factor = max_overhead_factor
         self.min_interval_s = min_interval_s
         self.max_block_s = max_block_s
+        self.eval_interval_s = eval_interval_s
+        self._evaluated: tuple[float, float] | None = None  # (when, loss) of the last decision
         self.plan = Plan(nack, "off")
         self.changed_at: float | None = None  # None until the first change
         self.changes = 0
+        self._last_seen: tuple[Link, int | None] | None = None  # inputs of the last decision
 
     def update(self, link: Link | LinkEstimate, now: float,
                k: int | None = None) -> Plan | None:
@@ -504,6 +515,16 @@ class RecoveryPolicy:
             link = link.link()
         if self.changed_at is not None and now - self.changed_at < self.min_interval_s:
             return None
+        seen = (_quantized(link), k)
+        if seen == self._last_seen:
+            return None  # same view of the link as last time: same decision
+        if self._evaluated is not None and k == (self._last_seen or (None, k))[1]:
+            when, loss = self._evaluated
+            if now - when < self.eval_interval_s and \
+                    abs(link.loss - loss) <= max(0.005, 0.25 * loss):
+                return None
+        self._last_seen = seen
+        self._evaluated = (now, link.loss)
         new = choose_plan(link, self.budget_s, self.target, self.max_overhead_factor,
                           None if self.changed_at is None else self.plan, nack=self.nack,
                           scheme=self.scheme, max_block_s=self.max_block_s, k=k)

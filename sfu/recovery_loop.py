@@ -28,6 +28,9 @@ _D = {name: i for i, name in enumerate(_native.DOWNTRACK_FIELDS)}
 _S = {name: i for i, name in enumerate(_native.SOURCE_FIELDS)}
 
 
+EVAL_INTERVAL_S = 10.0  # re-plan a viewer whose loss holds steady at most this often
+
+
 class RecoveryController:
     def __init__(self, engine: _native.Engine, rooms: RoomManager, *, budget_s: float = 0.2,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -91,7 +94,8 @@ class RecoveryController:
             policy = self._policies[did] = RecoveryPolicy(
                 nack=sub.recovery.nack, fec="rs", budget_s=self.budget_s,
                 target=VIDEO_TARGET if video else AUDIO_TARGET,
-                max_block_s=VIDEO_MAX_BLOCK_S if video else AUDIO_MAX_BLOCK_S)
+                max_block_s=VIDEO_MAX_BLOCK_S if video else AUDIO_MAX_BLOCK_S,
+                eval_interval_s=EVAL_INTERVAL_S)
         plan = policy.update(est, now, k=sizer.k or None)
         if plan is not None:
             self._apply(sub, track, sizer, plan, est)

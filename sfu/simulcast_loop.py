@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +48,8 @@ SPEAKER_PRIORITY = -1  # the dominant speaker's video is served before the host'
 # steps) is re-allocated on the tick at most this often: at hundreds of viewers the per-tick
 # allocation was a fifth of the node's CPU. A transport-wide-CC viewer short of bandwidth is
 # re-allocated every tick (it probes and climbs); others only when an input moved.
-STEADY_REALLOCATE_S = 10.0
+STEADY_REALLOCATE_S = 30.0
+SWEEP_SLICE_S = 0.002  # allocation work per loop turn on the tick's sweep
 ESTIMATE_STEP = math.log(1.05)
 RATE_STEP = math.log(1.25)
 
@@ -90,14 +92,20 @@ class SimulcastController:
         self.probes = 0
         self.speakers: dict[str, str] = {}  # room -> dominant speaker (sfu/speaker.py)
         self._dirty: set[int] = set()  # viewers to re-allocate at the end of this loop turn
+        self._sweep: deque[int] = deque()  # viewers the tick found changed, in slices
+        self._sweep_set: set[int] = set()
+        self._sweep_handle: asyncio.Handle | None = None
         self._dirty_flush: asyncio.Handle | None = None
         self._qrates: dict[str, tuple[tuple[int, ...], ...]] = {}  # cleared on each sample
         self.skipped = 0
 
     # -- layer rates -------------------------------------------------------------------------
 
-    def sample_rates(self) -> None:
+    def sample_rates(self) -> bool:
+        """Measure each layer's rate per temporal layer; True if any track got new rates
+        (they are taken over RATE_WINDOW_S, so every other tick has none)."""
         now = self.clock()
+        fresh = False
         self._rate_cache.clear()
         self._qrates.clear()
         live: set[str] = set()
@@ -124,8 +132,11 @@ class SimulcastController:
                         rates[layer] = [RATE_EWMA * r + (1 - RATE_EWMA) * o
                                         for r, o in zip(per_tid, old, strict=True)]
                 self._rates[track.track_id] = _Rates(now, counts, rates)
+                fresh = True
         for gone in set(self._rates) - live:
             del self._rates[gone]
+            fresh = True
+        return fresh
 
     def layer_rates(self, track: Track) -> tuple[LayerRate, ...]:
         cached = self._rate_cache.get(track.track_id)
@@ -230,13 +241,19 @@ class SimulcastController:
 
     def _signature(self, p: Participant, v: _Viewer) -> tuple[Any, ...]:
         parts: list[Any] = [round(math.log(max(v.estimate, 1.0)) / ESTIMATE_STEP)]
+        # Priorities (the dominant speaker first) only matter to a viewer short of bandwidth:
+        # one that gets everything it asks for keeps its allocation when the speaker changes.
+        short = v.allocator.constrained
         for sub in p.subscriptions.values():
             track = self.rooms.tracks.get(sub.track_id)
             if track is None:
                 continue
+            rates: tuple[Any, ...] = ()
+            if track.kind == "video":
+                rates = self._quantized_rates(track)
             parts.append((sub.subscription_id, sub.prefs, sub.target, sub.layer,
-                          self.speakers.get(track.room_id) == track.participant_id,
-                          self._quantized_rates(track) if track.kind == "video" else ()))
+                          short and self.speakers.get(track.room_id) == track.participant_id,
+                          rates))
         return tuple(parts)
 
     def _report(self, p: Participant, v: _Viewer) -> None:
@@ -418,24 +435,47 @@ class SimulcastController:
     # -- periodic and on changes -------------------------------------------------------------
 
     def tick(self) -> None:
-        """Every ~0.5 s: refresh layer rates, re-allocate every viewer of video."""
-        self.sample_rates()
+        """Every ~0.5 s: refresh layer rates, re-allocate the viewers whose inputs moved.
+        The allocations run in slices of SWEEP_SLICE_S between the loop's other callbacks:
+        hundreds at once would hold up the media reader for a large part of a second."""
+        fresh = self.sample_rates()
         now = self.clock()
         for p in list(self.rooms.by_pid.values()):
-            if not p.subscriptions:
+            if not p.subscriptions or p.pid in self._sweep_set:
                 continue
             v = self._viewer(p)
+            if not fresh and not (p.twcc_ext_id and v.allocator.constrained) \
+                    and now - v.allocated_at < STEADY_REALLOCATE_S:
+                self.skipped += 1  # no new rates: nothing for the signature to see
+                continue
             sig = self._signature(p, v)
             if sig == v.signature and now - v.allocated_at < STEADY_REALLOCATE_S \
                     and not (p.twcc_ext_id and v.allocator.constrained):
                 self.skipped += 1
                 continue
             v.signature = sig
-            self.allocate(p)
+            self._sweep.append(p.pid)
+            self._sweep_set.add(p.pid)
+        self._sweep_step()
         live = set(self.rooms.by_pid)
         for pid in set(self._viewers) - live:
             del self._viewers[pid]
             self._owner.pop(pid, None)
+
+    def _sweep_step(self) -> None:
+        self._sweep_handle = None
+        t0 = time.perf_counter()
+        while self._sweep and time.perf_counter() - t0 < SWEEP_SLICE_S:
+            pid = self._sweep.popleft()
+            self._sweep_set.discard(pid)
+            p = self.rooms.by_pid.get(pid)
+            if p is not None:
+                self.allocate(p)
+        if self._sweep:
+            try:
+                self._sweep_handle = asyncio.get_running_loop().call_soon(self._sweep_step)
+            except RuntimeError:  # no loop (a synchronous caller): finish now
+                self._sweep_step()
 
     def on_subscribed(self, sub: Subscription) -> None:
         p = self.rooms.participant(sub.room_id, sub.participant_id)
