@@ -594,3 +594,19 @@ def test_zero_fill_is_skipped_and_anything_else_refused():
     for bad in (payload + b"\x01", payload + b"\x00" * 4, payload[:-1]):
         with pytest.raises(w.WireError):
             w.decode_msg(bad)
+
+
+@pytest.mark.parametrize("jitter", [-0.003, 0.003])
+def test_cap_holds_with_slightly_early_or_late_ticks(jitter):
+    """Ticks 3 ms early or late (a real timer): each viewer still gets its cap, not a third
+    less (credit just short of a comment was forfeited), and never more."""
+    hub, rec, _bus, clock, _ev = make_hub()
+    hub.add_member("r", 1, "v1", "audience")
+    dgram(hub, 1, w.build_settings(0, 5), 0.0)
+    for _tick in range(100):  # 20 s
+        for i in range(20):
+            hub.send("r", "comment", sender="svc", text=f"m{i}")
+        clock.t = round(clock.t + 0.2 + jitter, 6)
+        hub.tick(clock.t)
+    got = len(rec.kinds(1, "comment"))
+    assert 0.95 * 5 * clock.t <= got <= 5 * clock.t + 1
