@@ -117,6 +117,7 @@ class CostreamManager:
         self.on_layout = on_layout  # data channel: push the layout to the room's clients
         self.stages: dict[str, Stage] = {}
         self.links: dict[str, PkLink] = {}
+        self._releasing = False
         self.counters = {"auto_subscribed": 0, "auto_unsubscribed": 0, "auto_failed": 0,
                          "requests_expired": 0}
         rooms.hooks.append(self._on_room_change)
@@ -232,8 +233,12 @@ class CostreamManager:
         back to audience, and the stage subscriptions follow."""
         seat = st.seats.pop(p.participant_id)
         st.muted.pop(p.participant_id, None)
-        for track_id in list(p.tracks):
-            self.rooms.unpublish(st.room_id, p.participant_id, track_id)
+        self._releasing = True  # one reconcile and layout at the end, after the events
+        try:
+            for track_id in list(p.tracks):
+                self.rooms.unpublish(st.room_id, p.participant_id, track_id)
+        finally:
+            self._releasing = False
         self.rooms.set_role(p, "audience")
         self._emit(st.room_id, "costream.seat_released", {
             "participant": p.participant_id, "seat": seat, "reason": reason})
@@ -576,6 +581,8 @@ class CostreamManager:
                 return
             self._changed(room_id)
         elif what in ("published", "unpublished"):
+            if self._releasing:
+                return
             track: Track = subject
             publisher = self.rooms.rooms[room_id].participants.get(track.participant_id)
             if what == "published" and publisher is not None:

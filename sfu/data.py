@@ -254,6 +254,8 @@ class DataHub:
             return self._post(r, kind, sender, role, text, count, extra, media,
                               forced or bool(priority), now)
         except wire.WireError as exc:
+            if "cannot be encoded" in str(exc):
+                raise BadRequest(str(exc)) from None
             raise LimitExceeded(str(exc)) from None
 
     def _post(self, r: _Room, kind: str, sender: str | None, role: str, text: str | None,

@@ -248,8 +248,12 @@ def decode_settings(payload: bytes) -> dict[str, int]:
 # -- node -> client --------------------------------------------------------------------------
 
 def pack_message(msg: dict[str, Any]) -> bytes:
-    """Pack one message map for batches; ``WireError`` if it cannot fit one datagram."""
-    packed = msgpack.packb(msg)
+    """Pack one message map for batches; ``WireError`` if it cannot fit one datagram or
+    cannot be encoded (text that is not valid Unicode, e.g. a lone surrogate)."""
+    try:
+        packed = msgpack.packb(msg)
+    except (UnicodeEncodeError, TypeError, ValueError) as exc:
+        raise WireError(f"message cannot be encoded: {exc}") from None
     if len(packed) > MAX_MESSAGE_BYTES:
         raise WireError(f"message packs to {len(packed)} bytes (max {MAX_MESSAGE_BYTES})")
     return packed

@@ -33,7 +33,7 @@ from sfu.params import (
     _req_int,
 )
 from sfu.recovery_loop import RecoveryController
-from sfu.rooms import KINDS, ROLES, RoomManager
+from sfu.rooms import KINDS, ROLES, Participant, RoomManager
 from sfu.simulcast_loop import SimulcastController
 from sfu.speaker import SpeakerMonitor
 from sfu.stats import StatsView
@@ -198,8 +198,11 @@ class Node:
             self.data.set_role(room_id, subject.pid, subject.role)
         elif what == "closed":
             self.data.close_room(room_id)
+            self.live.responders.pop(room_id, None)  # a room re-created later starts clean
             if self.speaker is not None:
                 self.speaker.forget_room(room_id)
+            if self.simulcast is not None:
+                self.simulcast.speakers.pop(room_id, None)
         elif what == "unpublished" and subject.kind == "audio" and self.speaker is not None:
             self.speaker.forget(subject)
 
@@ -224,18 +227,25 @@ class Node:
             p = self.rooms.by_pid.get(pid)
             if p is None:
                 continue
-            subs = []
-            for sub in p.subscriptions.values():
-                track = self.rooms.tracks.get(sub.track_id)
-                if track is None:
-                    continue
-                subs.append({"track": track.track_id, "participant": track.participant_id,
-                             "room": track.room_id, "kind": track.kind, "codec": track.codec,
-                             "subscription": sub.subscription_id, "ssrc": sub.ssrc,
-                             "pt": sub.payload_type, "rtx_ssrc": sub.rtx_ssrc,
-                             "rtx_pt": sub.rtx_payload_type, "clock_rate": track.clock_rate})
-            self._state_version += 1  # one counter for all peers: always increasing
-            self.data.send_state(pid, {"subs": subs, "v": self._state_version})
+            try:
+                self._send_state(p)
+            except SfuError as exc:  # one oversized list must not cost the others theirs
+                log.warning("STATE for %s not sent: %s", p.participant_id, exc)
+
+    def _send_state(self, p: Participant) -> None:
+        """Its subscriptions, as a client needs them to receive (STATE, docs/data.md)."""
+        subs = []
+        for sub in p.subscriptions.values():
+            track = self.rooms.tracks.get(sub.track_id)
+            if track is None:
+                continue
+            subs.append({"track": track.track_id, "participant": track.participant_id,
+                         "room": track.room_id, "kind": track.kind, "codec": track.codec,
+                         "subscription": sub.subscription_id, "ssrc": sub.ssrc,
+                         "pt": sub.payload_type, "rtx_ssrc": sub.rtx_ssrc,
+                         "rtx_pt": sub.rtx_payload_type, "clock_rate": track.clock_rate})
+        self._state_version += 1  # one counter for all peers: always increasing
+        self.data.send_state(p.pid, {"subs": subs, "v": self._state_version})
 
     def _on_rr(self, did: int) -> None:
         if self.simulcast is not None:
@@ -243,9 +253,11 @@ class Node:
 
     def _simulcast_tick(self) -> None:
         if self.simulcast is not None and self.udp is not None:
-            self.simulcast.tick()
-            self._simulcast_timer = asyncio.get_running_loop().call_later(
-                0.5, self._simulcast_tick)
+            try:
+                self.simulcast.tick()
+            finally:  # one failing tick must not end allocation for good
+                self._simulcast_timer = asyncio.get_running_loop().call_later(
+                    0.5, self._simulcast_tick)
 
     def close(self) -> None:
         if self._simulcast_timer is not None:
@@ -327,7 +339,8 @@ class Node:
                 opts[key] = params[key]
         room = _id(params, "room")
         max_participants = _int(opts, "max_participants", 1, 1_000_000, optional=True)
-        max_cohosts = _int(opts, "max_cohosts", 0, 1000, optional=True)
+        # A viewer's subscription list must fit one STATE (docs/data.md): 64 seats at most.
+        max_cohosts = _int(opts, "max_cohosts", 0, 64, optional=True)
         auto = opts.get("auto_subscribe", False)
         if not isinstance(auto, bool):
             raise BadRequest("field 'auto_subscribe' must be true or false")

@@ -17,6 +17,9 @@ Params = dict[str, Any]
 
 
 def _check_keys(params: Params, allowed: tuple[str, ...], where: str = "params") -> None:
+    odd = [k for k in params if not isinstance(k, str)]
+    if odd:
+        raise BadRequest(f"field names in {where} must be strings, got {odd[0]!r:.40}")
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise BadRequest(f"unknown field {unknown[0]!r} in {where}; expected "

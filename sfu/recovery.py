@@ -319,6 +319,15 @@ def _best_plan(link: Link, budget_s: float, target: float, max_overhead_factor: 
     return plan if r < r_base else base
 
 
+def _near(link: Link, ref: Link) -> bool:
+    """Every input the plan depends on within a quarter of the last decision's (or a small
+    absolute floor): loss both ways, RTT, burstiness."""
+    def close(a: float, b: float, floor: float) -> bool:
+        return abs(a - b) <= max(floor, 0.25 * abs(b))
+    return (close(link.loss, ref.loss, 0.005) and close(link.p_back, ref.p_back, 0.005)
+            and close(link.rtt_s, ref.rtt_s, 0.01) and close(link.burst, ref.burst, 0.25))
+
+
 # ---- estimating the link -----------------------------------------------------------------
 
 class LinkEstimate:
@@ -500,7 +509,7 @@ class RecoveryPolicy:
         self.min_interval_s = min_interval_s
         self.max_block_s = max_block_s
         self.eval_interval_s = eval_interval_s
-        self._evaluated: tuple[float, float] | None = None  # (when, loss) of the last decision
+        self._evaluated: tuple[float, Link] | None = None  # (when, link) of the last decision
         self.plan = Plan(nack, "off")
         self.changed_at: float | None = None  # None until the first change
         self.changes = 0
@@ -519,12 +528,11 @@ class RecoveryPolicy:
         if seen == self._last_seen:
             return None  # same view of the link as last time: same decision
         if self._evaluated is not None and k == (self._last_seen or (None, k))[1]:
-            when, loss = self._evaluated
-            if now - when < self.eval_interval_s and \
-                    abs(link.loss - loss) <= max(0.005, 0.25 * loss):
+            when, ref = self._evaluated
+            if now - when < self.eval_interval_s and _near(link, ref):
                 return None
         self._last_seen = seen
-        self._evaluated = (now, link.loss)
+        self._evaluated = (now, link)
         new = choose_plan(link, self.budget_s, self.target, self.max_overhead_factor,
                           None if self.changed_at is None else self.plan, nack=self.nack,
                           scheme=self.scheme, max_block_s=self.max_block_s, k=k)

@@ -49,6 +49,7 @@ SPEAKER_PRIORITY = -1  # the dominant speaker's video is served before the host'
 # allocation was a fifth of the node's CPU. A transport-wide-CC viewer short of bandwidth is
 # re-allocated every tick (it probes and climbs); others only when an input moved.
 STEADY_REALLOCATE_S = 30.0
+CONSTRAINED_REALLOCATE_S = 1.0
 SWEEP_SLICE_S = 0.002  # allocation work per loop turn on the tick's sweep
 ESTIMATE_STEP = math.log(1.05)
 RATE_STEP = math.log(1.25)
@@ -224,11 +225,9 @@ class SimulcastController:
                 continue
             v = self._viewer(p)
             sig = self._signature(p, v)
-            if sig == v.signature and now - v.allocated_at < STEADY_REALLOCATE_S \
-                    and not (p.twcc_ext_id and v.allocator.constrained):
+            if sig == v.signature and not self._due(p, v, now):
                 self.skipped += 1
                 continue
-            v.signature = sig
             self.allocate(p)
 
     def _quantized_rates(self, track: Track) -> tuple[tuple[int, ...], ...]:
@@ -238,6 +237,16 @@ class SimulcastController:
                 tuple(round(math.log1p(r) / RATE_STEP) for r in lr.rates)
                 for lr in self.layer_rates(track))
         return q
+
+    @staticmethod
+    def _due(p: Participant, v: _Viewer, now: float) -> bool:
+        """Re-allocate even with unchanged inputs: a viewer short of bandwidth climbs by
+        timers (up-switch hold, probes: transport-wide CC viewers every tick, others every
+        second), and everyone every STEADY_REALLOCATE_S as a safety net."""
+        age = now - v.allocated_at
+        if v.allocator.constrained and (p.twcc_ext_id or age >= CONSTRAINED_REALLOCATE_S):
+            return True
+        return age >= STEADY_REALLOCATE_S
 
     def _signature(self, p: Participant, v: _Viewer) -> tuple[Any, ...]:
         parts: list[Any] = [round(math.log(max(v.estimate, 1.0)) / ESTIMATE_STEP)]
@@ -312,6 +321,7 @@ class SimulcastController:
         ceiling = sum(max((lr.rate(len(lr.rates) - 1) for lr in d.layers), default=0.0)
                       for d in demands)
         self._maybe_probe(p, v, now, ceiling, sum(c.bps for c in choices.values()))
+        v.signature = self._signature(p, v)  # inputs as they stand after this allocation
 
     def _apply(self, sub: Subscription, track: Track, c: Choice, now: float) -> None:
         temporal = c.temporal if track.temporal_layers > 1 else 3
@@ -444,16 +454,13 @@ class SimulcastController:
             if not p.subscriptions or p.pid in self._sweep_set:
                 continue
             v = self._viewer(p)
-            if not fresh and not (p.twcc_ext_id and v.allocator.constrained) \
-                    and now - v.allocated_at < STEADY_REALLOCATE_S:
+            if not fresh and not self._due(p, v, now):
                 self.skipped += 1  # no new rates: nothing for the signature to see
                 continue
             sig = self._signature(p, v)
-            if sig == v.signature and now - v.allocated_at < STEADY_REALLOCATE_S \
-                    and not (p.twcc_ext_id and v.allocator.constrained):
+            if sig == v.signature and not self._due(p, v, now):
                 self.skipped += 1
                 continue
-            v.signature = sig
             self._sweep.append(p.pid)
             self._sweep_set.add(p.pid)
         self._sweep_step()

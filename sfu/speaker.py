@@ -73,6 +73,8 @@ class SpeakerMonitor:
                 t.participant_id == gone.participant_id for t in room.tracks.values()):
             room.dominant = None
             room.challenger = None
+            if self.on_change is not None:
+                self.on_change(room_id, None)
         if not room.tracks:
             del self._rooms[room_id]
 

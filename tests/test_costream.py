@@ -98,6 +98,10 @@ BAD = [
     ("room.create", {"room": "r9", "auto_subscribe": "yes"}, BadRequest, "auto_subscribe"),
     ("participant.join", {"room": "r1", "participant": "h2", "role": "host"}, Conflict,
      "already has host 'h'"),
+    ("room.create", {"room": "r9", "options": {1: 2, "x": 3}}, BadRequest,
+     "field names in options must be strings"),
+    ("room.create", {"room": "r9", "max_cohosts": 65}, BadRequest, "max_cohosts"),
+    ("data.send", {"room": "r1", "kind": "order", "text": 5}, BadRequest, "text"),
 ]
 
 
@@ -167,6 +171,10 @@ def test_on_mic_and_off_mic_follow_the_stage() -> None:
             assert name in names
         released = next(e for e in events if e["event"] == "costream.seat_released")
         assert released["data"] == {"participant": "a1", "seat": 1, "reason": "kicked"}
+        # Off mic: the role and seat events come before the layout that follows from them.
+        after = [e["event"] for e in events if e["seq"] > released["seq"] - 2
+                 and e["room"] == "r1"]
+        assert after.index("participant.role_changed") < after.index("costream.layout_changed")
     with_node(scenario)
 
 
@@ -243,4 +251,16 @@ def test_closing_a_linked_room_ends_pk_in_the_other() -> None:
         assert ended[-1]["data"]["reason"] == "room_closed"
         assert subs_of(running, "r2", "h2") == {}
         assert native_downtracks(running) == total_subs(running) == 0
+    with_node(scenario)
+
+
+def test_closing_a_room_forgets_its_faq() -> None:
+    async def scenario(running: RunningNode, _events: list[dict[str, Any]]) -> None:
+        await call(running, "room.create", room="r1")
+        await call(running, "faq.load", room="r1",
+                   entries=[{"patterns": ["包邮吗"], "answer": "包邮"}])
+        await call(running, "room.close", room="r1")
+        await call(running, "room.create", room="r1")
+        with expect(NotFound, "has no FAQ"):
+            await call(running, "faq.clear", room="r1")
     with_node(scenario)

@@ -610,3 +610,10 @@ def test_cap_holds_with_slightly_early_or_late_ticks(jitter):
         hub.tick(clock.t)
     got = len(rec.kinds(1, "comment"))
     assert 0.95 * 5 * clock.t <= got <= 5 * clock.t + 1
+
+
+def test_text_that_is_not_unicode_is_a_bad_request():
+    hub, _rec, _bus, _clock, _ev = make_hub()
+    hub.add_member("r", 1, "v1", "audience")
+    with pytest.raises(BadRequest, match="cannot be encoded"):
+        hub.send("r", "order", text="bad \ud800 surrogate")

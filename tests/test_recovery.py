@@ -432,3 +432,15 @@ def test_overhead_cap_allows_for_estimator_noise() -> None:
     assert overhead(plan, noisy) <= 1.4 * erasure_bound(0.30)
     assert overhead(choose_plan(Link(0.31, rtt_s=0.1, pps=500), k=20), noisy) > \
         overhead(plan, noisy)
+
+
+def test_throttled_policy_replans_at_once_when_rtt_or_burst_worsen():
+    """The node re-plans a steady link at most every eval_interval_s, but a link whose RTT
+    or burstiness got much worse at the same loss is re-planned immediately."""
+    policy = RecoveryPolicy(fec="rs", eval_interval_s=10.0, min_interval_s=0.0)
+    assert policy.update(Link(0.10, rtt_s=0.02, pps=200), 0.0, k=7) is None  # NACK suffices
+    worse = Link(0.10, rtt_s=0.19, mean_burst=3.0, pps=200)
+    plan = policy.update(worse, 3.0, k=7)
+    assert plan is not None and plan.fec == "rs"
+    # Small jitter around the same link within the interval: no re-plan (cheap).
+    assert policy.update(Link(0.101, rtt_s=0.191, mean_burst=3.05, pps=200), 4.0, k=7) is None
