@@ -443,13 +443,17 @@ class DataHub:
             g.append(pid)
         r.groups = groups
         r.all_pids = array("i", r.members)
-        # A new group starts owed what makes its first interval hold one interval's worth.
-        r.credit = {cap: r.credit.get(cap, _burst(cap, r.interval_s) - cap * r.interval_s)
-                    for cap in groups}
+        # A new group starts with one interval's worth: its first interval is not empty.
+        r.credit = {cap: r.credit.get(cap, _burst(cap, r.interval_s)) for cap in groups}
         r.dirty = False
 
     def _flush(self, r: _Room, now: float) -> None:
         dt = min(max(0.0, now - r.last_flush), 2 * r.interval_s)
+        if abs(dt - r.interval_s) < 0.25 * r.interval_s:
+            # The node ticks on a fixed grid: count a tick a few ms early or late as one
+            # interval, so credit accrues exactly cap x interval per flush (a wall-clock dt
+            # of 0.199 s left a 5/s cap 0.995 of a comment short, every other interval).
+            dt = r.interval_s
         r.last_flush, r.next_flush = now, now + r.interval_s
         while r.log and r.log[0][0] < now - LOG_AGE_S:
             r.log.popleft()
@@ -462,9 +466,7 @@ class DataHub:
         n = len(pending)
         ks: dict[int, int] = {}
         for cap in r.groups:
-            # Owed at most one interval's worth plus one: a skipped comment (timer jitter)
-            # is made up next time, and the long-run rate stays exactly the cap.
-            credit = min(_burst(cap, r.interval_s) + 1.0, r.credit[cap] + cap * dt)
+            credit = min(_burst(cap, r.interval_s), r.credit[cap] + cap * dt)
             # A tick a little early leaves 0.99 of a comment owed: deliver it and carry the
             # small debt, or the capped credit would forfeit it (a cap of 5/s gave 3.3/s).
             k = min(n, int(credit + SLACK))
