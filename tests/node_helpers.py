@@ -9,18 +9,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import uvloop
 
 from sfu import _native, stun
 from sfu.config import NodeConfig
 from sfu.control import Client
+from sfu.errors import SfuError
 from sfu.server import RunningNode, start_node
 
 HOST_SSRC = 0x11223344
@@ -195,3 +198,26 @@ async def node_with_room(room: str) -> Any:
             yield running, client
         finally:
             await client.close()
+
+
+Scenario = Callable[[RunningNode, list[dict[str, Any]]], Awaitable[None]]
+
+
+def with_node(scenario: Scenario, **overrides: Any) -> None:
+    """Run ``scenario(running, events)`` against a fresh node (all rooms' events recorded),
+    no control socket: Node.call in-process."""
+    async def main() -> None:
+        config = NodeConfig(udp_host="127.0.0.1", udp_port=0, control_path=None, **overrides)
+        running = await start_node(config)
+        events: list[dict[str, Any]] = []
+        running.node.bus.subscribe(None, events.append)
+        try:
+            await asyncio.wait_for(scenario(running, events), 30)
+        finally:
+            await running.close()
+    uvloop.run(main())
+
+
+def expect(exc: type[SfuError], match: str) -> Any:
+    """pytest.raises for a typed control error whose message contains ``match``."""
+    return pytest.raises(exc, match=re.escape(match))

@@ -3,39 +3,17 @@ real UDP socket; no media here: tests/test_costream_e2e.py sends media)."""
 
 from __future__ import annotations
 
-import asyncio
-import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import uvloop
+from node_helpers import call, expect, with_node
 
-from sfu.config import NodeConfig
 from sfu.errors import BadRequest, Conflict, LimitExceeded, NotFound, SfuError
-from sfu.server import RunningNode, start_node
+from sfu.server import RunningNode
 
 AUDIO = {"kind": "audio", "codec": "opus", "payload_type": 111, "clock_rate": 48000}
 VIDEO = {"kind": "video", "codec": "VP8", "payload_type": 96, "clock_rate": 90000}
-Scenario = Callable[[RunningNode, list[dict[str, Any]]], Awaitable[None]]
 _ssrc = [5000]
-
-
-def with_node(scenario: Scenario) -> None:
-    async def main() -> None:
-        config = NodeConfig(udp_host="127.0.0.1", udp_port=0, control_path=None)
-        running = await start_node(config)
-        events: list[dict[str, Any]] = []
-        running.node.bus.subscribe(None, events.append)
-        try:
-            await asyncio.wait_for(scenario(running, events), 30)
-        finally:
-            await running.close()
-    uvloop.run(main())
-
-
-async def call(running: RunningNode, method: str, **params: Any) -> Any:
-    return await running.node.call(method, params)
 
 
 async def publish(running: RunningNode, room: str, who: str, layers: int = 1) -> list[str]:
@@ -65,8 +43,6 @@ def total_subs(running: RunningNode) -> int:
     return len(running.node.rooms.by_did)
 
 
-def expect(exc: type[SfuError], match: str) -> Any:
-    return pytest.raises(exc, match=re.escape(match))
 
 
 BAD = [

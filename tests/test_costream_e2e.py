@@ -5,37 +5,27 @@ apply/accept; the layout reaches the clients; kicking the guest takes it all bac
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import uvloop
+from node_helpers import node_with_room
 
 from sfu.client.data import DataChannel
 from sfu.client.media import Vp8Encoder
 from sfu.client.publisher import Publisher, parse_hostport
 from sfu.client.subscriber import Subscriber
-from sfu.config import NodeConfig
 from sfu.control import Client
-from sfu.server import RunningNode, start_node
+from sfu.server import RunningNode
 
 ROOM = "live"
 
 
 @asynccontextmanager
 async def live_node() -> AsyncIterator[tuple[RunningNode, Client]]:
-    with tempfile.TemporaryDirectory(prefix="sfu-live-") as tmp:
-        config = NodeConfig(udp_host="127.0.0.1", udp_port=0,
-                            control_path=os.path.join(tmp, "sfu.sock"))
-        running = await start_node(config)
-        client = await Client.connect_unix(config.control_path)
-        try:
-            await client.call("room.create", room=ROOM, auto_subscribe=True)
-            yield running, client
-        finally:
-            await client.close()
-            await running.close()
+    async with node_with_room("lobby") as (running, client):
+        await client.call("room.create", room=ROOM, auto_subscribe=True)
+        yield running, client
 
 
 async def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:

@@ -3,39 +3,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import uvloop
+from node_helpers import call, expect, with_node
 
 from sfu.config import NodeConfig
-from sfu.errors import BadRequest, Conflict, LimitExceeded, NotFound, SfuError, Unauthorized
-from sfu.server import RunningNode, start_node
-
-Scenario = Callable[[RunningNode, list[dict[str, Any]]], Awaitable[None]]
+from sfu.errors import BadRequest, Conflict, LimitExceeded, NotFound, Unauthorized
+from sfu.server import RunningNode
 
 VIDEO = {"kind": "video", "codec": "VP8", "payload_type": 96, "clock_rate": 90000}
-
-
-def with_node(scenario: Scenario, **overrides: Any) -> None:
-    """Run ``scenario(running, events)`` against a fresh node (all rooms' events recorded)."""
-    async def main() -> None:
-        config = NodeConfig(udp_host="127.0.0.1", udp_port=0, control_path=None, **overrides)
-        running = await start_node(config)
-        events: list[dict[str, Any]] = []
-        running.node.bus.subscribe(None, events.append)
-        try:
-            await asyncio.wait_for(scenario(running, events), 30)
-        finally:
-            await running.close()
-    uvloop.run(main())
-
-
-async def call(running: RunningNode, method: str, **params: Any) -> Any:
-    return await running.node.call(method, params)
 
 
 async def room_with_host(running: RunningNode) -> str:
@@ -44,10 +22,6 @@ async def room_with_host(running: RunningNode) -> str:
     result = await call(running, "track.publish", room="r1", participant="h",
                         layers=[{"rid": "f", "ssrc": 1000}], **VIDEO)
     return str(result["track"])
-
-
-def expect(exc: type[SfuError], match: str) -> Any:
-    return pytest.raises(exc, match=re.escape(match))
 
 
 # -- parameter validation ----------------------------------------------------------------------

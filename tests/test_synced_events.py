@@ -10,16 +10,12 @@ clock from the node's SRs and holds the card until that frame is decoded.
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 
 import numpy as np
+from node_helpers import node_with_room
 
 from sfu.client.media import TestPattern
 from sfu.client.sync import MediaClock, SyncedEventScheduler, read_frame_index, run_synced_events
-from sfu.config import NodeConfig
-from sfu.control import Client
-from sfu.server import start_node
 
 ROOM = "shop"
 EVENTS = 6
@@ -27,20 +23,8 @@ EVENTS = 6
 
 def test_synced_product_cards_show_on_their_frame() -> None:
     async def main() -> None:
-        with tempfile.TemporaryDirectory(prefix="sfu-sync-") as tmp:
-            config = NodeConfig(udp_host="127.0.0.1", udp_port=0,
-                                control_path=os.path.join(tmp, "sfu.sock"))
-            running = await start_node(config)
-            try:
-                assert running.control_path is not None
-                client = await Client.connect_unix(running.control_path)
-                try:
-                    await client.call("room.create", room=ROOM)
-                    res = await run_synced_events(client, ROOM, EVENTS, seed=3)
-                finally:
-                    await client.close()
-            finally:
-                await running.close()
+        async with node_with_room(ROOM) as (_running, client):
+            res = await run_synced_events(client, ROOM, EVENTS, seed=3)
         detail = (f"sent {res.sent_index} stamp {res.stamp_index} shown {res.shown_index} "
                   f"late {res.late}")
         assert res.missing == 0, detail
