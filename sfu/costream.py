@@ -505,23 +505,16 @@ class CostreamManager:
 
     def layout(self, room_id: str) -> dict[str, Any]:
         st = self.stage(room_id)
-        slots = []
-        for p in self.stage_members(room_id):
-            slots.append(self._slot(p, "host" if p.role == "host" else "cohost",
-                                    0 if p.role == "host" else st.seats[p.participant_id],
-                                    st.muted.get(p.participant_id, set())))
+        slots = [layout.slot_of(p.participant_id, p.room_id, p.tracks.values(),
+                                "host" if p.role == "host" else "cohost",
+                                0 if p.role == "host" else st.seats[p.participant_id],
+                                st.muted.get(p.participant_id, ()))
+                 for p in self.stage_members(room_id)]
         partner = self._partner_host(room_id)
         if partner is not None:
-            slots.append(self._slot(partner, "pk_host", -1, set()))
+            slots.append(layout.slot_of(partner.participant_id, partner.room_id,
+                                        partner.tracks.values(), "pk_host", -1, ()))
         return layout.compute(st.layout_mode, slots)
-
-    @staticmethod
-    def _slot(p: Participant, role: str, seat: int, muted: set[str]) -> layout.Slot:
-        tracks: dict[str, str] = {}
-        for t in p.tracks.values():
-            tracks.setdefault(t.kind, t.track_id)
-        return layout.Slot(p.participant_id, role, seat, p.room_id, tracks,
-                           tuple(sorted(muted)))
 
     def _update_layout(self, room_id: str) -> None:
         if room_id not in self.rooms.rooms:

@@ -11,6 +11,7 @@ draws the same picture. Modes:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,15 @@ class Slot:
     room: str
     tracks: dict[str, str]  # kind -> track id (first track of each kind)
     muted: tuple[str, ...]
+
+
+def slot_of(participant: str, room: str, tracks: Iterable[Any], role: str, seat: int,
+            muted: Iterable[str]) -> Slot:
+    """A slot for a participant and its published tracks (first track of each kind)."""
+    first: dict[str, str] = {}
+    for t in tracks:
+        first.setdefault(t.kind, t.track_id)
+    return Slot(participant, role, seat, room, first, tuple(sorted(muted)))
 
 
 def _rect(x: float, y: float, w: float, h: float) -> dict[str, float]:
