@@ -199,8 +199,10 @@ class LiveMethods:
         _check_keys(params, ("room", "interval_ms", "comment_cap"))
         room = _id(params, "room")
         self.node.rooms.room(room)
+        # The node flushes data every 200 ms (Node._start_live): a shorter room interval
+        # could not be kept.
         return dict(self.node.data.configure_room(
-            room, interval_ms=_int(params, "interval_ms", 20, 5000, optional=True),
+            room, interval_ms=_int(params, "interval_ms", 200, 5000, optional=True),
             comment_cap=_int(params, "comment_cap", 0, 100, optional=True)))
 
     # -- FAQ ---------------------------------------------------------------------------------

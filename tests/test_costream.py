@@ -240,3 +240,14 @@ def test_closing_a_room_forgets_its_faq() -> None:
         with expect(NotFound, "has no FAQ"):
             await call(running, "faq.clear", room="r1")
     with_node(scenario)
+
+
+def test_data_interval_below_the_node_tick_is_refused() -> None:
+    async def scenario(running: RunningNode, _events: list[dict[str, Any]]) -> None:
+        await call(running, "room.create", room="r1")
+        with expect(BadRequest, "interval_ms"):
+            await call(running, "data.configure", room="r1", interval_ms=50)
+        res = await call(running, "data.configure", room="r1", interval_ms=400,
+                         comment_cap=3)
+        assert res == {"interval_ms": 400, "comment_cap": 3}
+    with_node(scenario)
