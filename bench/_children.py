@@ -46,7 +46,7 @@ async def served_node(*extra: str, prefix: str = "sfu-bench-"
     exists, and stops the node on exit."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         sock, port = os.path.join(tmp, "sfu.sock"), free_udp_port()
-        cmd = [sys.executable, "-m", "sfu", "serve", "--udp", f"127.0.0.1:{port}",
+        cmd = [sys.executable, "-m", "sfu", "serve", "--udp", f"127.0.0.1:{port}", "--no-quic",
                "--control", sock, "--log-level", "warning", *extra]
         proc = subprocess.Popen(cmd, cwd=_ROOT)
         try:

@@ -181,7 +181,7 @@ class NodeForwarder:
 
         sock = str(Path(self.tmp, "sfu.sock"))
         self.port = free_udp_port()
-        cmd = [sys.executable, "-m", "sfu", "serve", "--udp", f"127.0.0.1:{self.port}",
+        cmd = [sys.executable, "-m", "sfu", "serve", "--udp", f"127.0.0.1:{self.port}", "--no-quic",
                "--control", sock, "--log-level", "warning"]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(

@@ -67,6 +67,8 @@ cdef class Engine:
     cdef uint8_t *ulp_scratch        # viewers' copies of a block for its ULPFEC
     cdef RtpView scratch_view
     cdef int32_t n_probing           # participants with a padding probe running
+    cdef uint8_t *quic_out           # QUIC sealed packets, EGRESS_MAX x QUIC_SEAL_SLOT (lazy)
+    cdef int32_t n_quic              # peers with QUIC egress
     cdef double next_probe
     # Others.
     cdef uint64_t rng
@@ -227,6 +229,8 @@ cdef class Engine:
                 if self.peers[i].bwe != NULL:
                     bwe_free(self.peers[i].bwe)
                     free(self.peers[i].bwe)
+                eng_quic_clear(self, &self.peers[i])
+        free(self.quic_out)
         free(self.deferred); free(self.nack_list); free(self.rs_scratch); free(self.rs_parity)
         free(self.rs_prefix); free(self.ulp_scratch)
         map_free(&self.addr_map)
@@ -343,6 +347,7 @@ cdef class Engine:
         if p.bound:
             map_del(&self.addr_map, p.key)
         eng_flush(self)   # queued messages may point at this peer's address
+        eng_quic_clear(self, p)
         if p.bwe != NULL:
             bwe_free(p.bwe)
             free(p.bwe)
@@ -736,6 +741,35 @@ cdef class Engine:
         eng_update_blk_m(self, d.sid)
         self.free_dts[self.n_free_dts] = did
         self.n_free_dts += 1
+
+    # ---- QUIC egress (issue 6): implemented in engine_quic.pxi ----------------------
+    def set_peer_transport(self, int pid, int tid):
+        """Send pid's egress through transport tid from now on (a participant that joined
+        on the UDP port and connects over QUIC)."""
+        cdef Peer *p = self._peer(pid)
+        if tid < 0 or tid >= 16 or self.fds[tid] < 0:
+            raise ValueError(f"no such transport {tid}")
+        eng_flush(self)   # queued messages were grouped by the old transport
+        p.tid = tid
+
+    def set_peer_quic(self, int pid, *, key, iv, hp, dcid, prefix, next_pn, int key_phase=0,
+                      int max_packet=1200):
+        """Seal all egress to pid as QUIC 1-RTT packets (one DATAGRAM frame each)."""
+        eng_set_peer_quic(self, pid, key, iv, hp, dcid, prefix, next_pn, key_phase, max_packet)
+
+    def clear_peer_quic(self, int pid):
+        self._peer(pid)
+        eng_flush(self)
+        eng_quic_clear(self, &self.peers[pid])
+
+    def quic_next_pn(self, int pid):
+        return eng_quic_of(self, pid).next_pn
+
+    def set_quic_next_pn(self, int pid, pn):
+        eng_set_quic_next_pn(self, pid, pn)
+
+    def quic_max_payload(self, int pid):
+        return eng_quic_max_payload(self, pid)
 
     def live(self):
         return {

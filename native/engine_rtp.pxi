@@ -394,6 +394,7 @@ cdef void eng_flush(Engine e) noexcept nogil:
     if e.tx_count == 0:
         eng_release_deferred(e)
         return
+    eng_quic_seal_batch(e)
     fd = e.fds[e.tx_tid] if e.tx_tid >= 0 else -1
     while off < e.tx_count and fd >= 0:
         r = sendmmsg(fd, e.tx_hdrs + off, e.tx_count - off, MSG_DONTWAIT)

@@ -55,6 +55,7 @@ COUNTER_NAMES = (
     "padding_sent", "gop_sent", "rid_reported", "rtx_throttled",
     "data_in", "data_rate_limited", "data_malformed", "data_out", "muted_drops",
     "data_queue_full",
+    "quic_sealed", "quic_too_big", "quic_seal_errors",
 )
 
 cdef enum:
@@ -121,6 +122,9 @@ cdef enum:
     C_DATA_OUT
     C_MUTED_DROPS
     C_DATA_QUEUE_FULL
+    C_QUIC_SEALED
+    C_QUIC_TOO_BIG
+    C_QUIC_SEAL_ERRORS
     N_COUNTERS
 
 # lost: RFC 3550 cumulative loss on the uplink before recovery; missing: holes seen;
@@ -247,6 +251,7 @@ cdef struct Peer:
     double rid_time[4]
     double data_tokens       # SFUD data packets it may still send (token bucket)
     double data_last         # last refill (< 0 = never: starts with a full burst)
+    QuicPeer *quic           # egress sealed as QUIC 1-RTT packets (engine_quic.pxi); NULL = UDP
 
 
 cdef struct Ingress:

@@ -157,6 +157,30 @@ class Engine:
         """Per started media layer: (layer, RTP timestamp of its newest packet (highest
         seq), arrival time of that packet (the `now` it came with), last SR NTP timestamp
         (64-bit), last SR RTP timestamp); SR fields 0 before the first SR."""
+    # -- RTP over QUIC egress (issue 6): the engine seals 1-RTT packets itself --
+    def set_peer_transport(self, pid: int, tid: int) -> None: ...
+    def set_peer_quic(self, pid: int, *, key: bytes, iv: bytes, hp: bytes, dcid: bytes,
+                      prefix: bytes, next_pn: int, key_phase: int = 0,
+                      max_packet: int = 1200) -> None:
+        """Enable (or re-key) QUIC egress to pid: every datagram queued to it leaves as one
+        QUIC short-header packet (RFC 9000 17.3.1, 4-byte packet number, DCID dcid) carrying
+        one DATAGRAM frame (type 0x30, RFC 9221) with data prefix || datagram, protected per
+        RFC 9001 section 5 with AES-128-GCM or AES-256-GCM (key 16 or 32 bytes; hp as long
+        as key, iv 12 bytes). On a key update pass the new key, iv and key_phase but the
+        first hp (RFC 9001 section 6). ValueError on bad lengths (dcid <= 20, prefix <= 16,
+        max_packet 1200..65527, next_pn 0..2**62-1); RuntimeError if libcrypto cannot be
+        loaded. Larger datagrams than quic_max_payload are dropped (counter quic_too_big)."""
+    def clear_peer_quic(self, pid: int) -> None:
+        """Back to plain UDP egress to pid (no-op if it was not QUIC)."""
+    def quic_next_pn(self, pid: int) -> int:
+        """The next packet number the engine will use (shared with aioquic: read it into
+        the connection before aioquic sends). ValueError if pid is not QUIC."""
+    def set_quic_next_pn(self, pid: int, pn: int) -> None:
+        """Write back aioquic's next packet number after it sent. ValueError if pn is below
+        the current one (a packet number used twice would reuse an AES-GCM nonce)."""
+    def quic_max_payload(self, pid: int) -> int:
+        """Largest datagram that still fits: min(max_packet, 2048) - (1 + len(dcid) + 4 +
+        1 + len(prefix) + 16)."""
     # -- data path (never raises on network input) --
     def on_readable(self, tid: int, now: float) -> int:
         """recvmmsg/sendmmsg until the socket is drained or a budget is used; returns
@@ -244,6 +268,18 @@ class GccEstimator:
     def packets_acked(self) -> int: ...
     @property
     def packets_lost(self) -> int: ...
+
+class QuicSealer:
+    """The engine's QUIC 1-RTT packet protection on its own (tests, benchmarks)."""
+
+    def __init__(self, key: bytes, iv: bytes, hp: bytes, dcid: bytes,
+                 key_phase: int = 0) -> None: ...
+    def seal(self, pn: int, payload: bytes) -> bytes:
+        """The whole protected short-header packet carrying payload (frames, as given)."""
+    def seal_many(self, pn: int, payload: bytes, count: int) -> int:
+        """Seal payload count times with packet numbers pn.. and discard (benchmark)."""
+    def copy_many(self, payload: bytes, count: int) -> int:
+        """memcpy payload count times (the benchmark's baseline)."""
 
 class UdpReader:
     """Native ``loop.add_reader`` callback: ``engine.on_readable(tid, time.monotonic())``

@@ -44,6 +44,16 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="also accept control connections on loopback TCP (needs --secret)")
     serve.add_argument("--secret", default=os.environ.get(SECRET_ENV), metavar="S",
                        help=f"shared secret for --control-tcp (default: ${SECRET_ENV})")
+    serve.add_argument("--quic", type=_host_port, default=("0.0.0.0", 4433),
+                       metavar="HOST:PORT",
+                       help="RTP over QUIC and WebTransport UDP address (default 0.0.0.0:4433)")
+    serve.add_argument("--http", type=_host_port, default=("0.0.0.0", 8080), metavar="HOST:PORT",
+                       help="viewer page HTTP address (default 0.0.0.0:8080)")
+    serve.add_argument("--no-quic", action="store_true",
+                       help="plain UDP only: no QUIC, WebTransport or viewer page")
+    serve.add_argument("--cert", nargs=2, metavar=("CERT_PEM", "KEY_PEM"),
+                       help="TLS certificate and ECDSA key for QUIC (default: a self-signed "
+                            "one valid 13 days, which browsers accept by hash)")
     serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     serve.add_argument("--no-gop-cache", action="store_true",
                        help="start new viewers with a keyframe request instead of the "
@@ -62,6 +72,8 @@ def _build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run a local co-streaming demo with synthetic viewers")
     demo.add_argument("--viewers", type=int, default=10, metavar="N")
     demo.add_argument("--seconds", type=float, default=10.0, metavar="S")
+    demo.add_argument("--transport", choices=("udp", "quic"), default="udp",
+                      help="media over plain UDP (default) or RTP over QUIC")
     return parser
 
 
@@ -93,7 +105,13 @@ def _serve(args: argparse.Namespace) -> int:
         config = NodeConfig(udp_host=args.udp[0], udp_port=args.udp[1],
                             control_path=args.control, control_tcp=args.control_tcp,
                             secret=args.secret, log_level=args.log_level,
-                            gop_cache=not args.no_gop_cache)
+                            gop_cache=not args.no_gop_cache,
+                            quic_port=None if args.no_quic else args.quic[1],
+                            quic_host=args.quic[0],
+                            http_port=None if args.no_quic else args.http[1],
+                            http_host=args.http[0],
+                            cert_file=args.cert[0] if args.cert else None,
+                            key_file=args.cert[1] if args.cert else None)
     except (SfuError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
     return serve(config)
@@ -104,7 +122,7 @@ def _demo(args: argparse.Namespace) -> int:
         raise UsageError("--viewers must be >= 1 and --seconds > 0")
     from sfu.client.demo import run_demo  # lazy: pulls in media libraries
 
-    result = run_demo(args.viewers, args.seconds)
+    result = run_demo(args.viewers, args.seconds, args.transport)
     return result if isinstance(result, int) else 0
 
 

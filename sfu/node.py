@@ -37,6 +37,7 @@ from sfu.rooms import KINDS, ROLES, Participant, RoomManager
 from sfu.simulcast_loop import SimulcastController
 from sfu.speaker import SpeakerMonitor
 from sfu.stats import StatsView
+from sfu.transports.quic import QuicTransport
 from sfu.transports.udp import UdpTransport
 
 CODECS = ("opus", "VP8", "H264")
@@ -55,6 +56,8 @@ class Node:
         self.engine = _native.Engine(max_peers=16384, max_downtracks=65536,
                                      node_ssrc=self.node_ssrc)
         self.udp: UdpTransport | None = None
+        self.quic: QuicTransport | None = None
+        self.web: Any = None  # sfu.transports.web.WebServer: the viewer page
         self.recovery: RecoveryController | None = None
         self.simulcast: SimulcastController | None = None
         self._simulcast_timer: asyncio.TimerHandle | None = None
@@ -104,9 +107,42 @@ class Node:
                              _native.EV_RID: self.simulcast.on_rid,
                              _native.EV_RR: lambda did, _a, _b: self._on_rr(did)}
         self.udp.start(self._rooms)
+        await self._start_quic()
         self._start_live()
         self._simulcast_tick()
         self._stats = StatsView(self.engine, self.udp, self.recovery, self.simulcast)
+
+    async def _start_quic(self) -> None:
+        """RTP over QUIC and WebTransport on their own UDP port, and the viewer page."""
+        from sfu.transports import cert
+        config = self.config
+        if config.quic_port is None:
+            return
+        assert self.udp is not None
+        node_cert = (cert.load(config.cert_file, config.key_file)
+                     if config.cert_file and config.key_file
+                     else cert.self_signed(("localhost", config.public_host)))
+        self.quic = QuicTransport(self.engine, node_cert, config.quic_host or config.udp_host,
+                                  config.quic_port, max_datagram=config.quic_max_datagram)
+        await self.quic.start(self.rooms, self.udp._drain)
+        if config.http_port is not None:
+            from sfu.transports.web import WebServer
+            self.web = WebServer(config.http_host or config.quic_host or config.udp_host,
+                                 config.http_port,
+                                 self.web_config)
+            await self.web.start()
+
+    def web_config(self) -> dict[str, Any]:
+        """What the viewer page needs to open its WebTransport session."""
+        assert self.quic is not None
+        return {"webtransport": f"https://{self.config.public_host}:{self.quic.port}/sfu",
+                "cert_sha256": self.quic.cert.sha256.hex()}
+
+    @property
+    def cert_sha256(self) -> bytes:
+        if self.quic is None:
+            raise RuntimeError("QUIC is off (NodeConfig.quic_port)")
+        return self.quic.cert.sha256
 
     def _start_live(self) -> None:
         """Co-streaming, active speaker, data messages and FAQ (issue 5)."""
@@ -272,6 +308,12 @@ class Node:
         if self._rooms is not None:
             for room_id in list(self._rooms.rooms):
                 self._rooms.close_room(room_id)
+        if self.web is not None:
+            self.web.close()
+            self.web = None
+        if self.quic is not None:
+            self.quic.close()
+            self.quic = None
         if self.udp is not None:
             self.udp.close()
             self.udp = None
@@ -319,7 +361,9 @@ class Node:
         live = self.engine.live()
         return {
             "node_id": self.config.node_id, "version": __version__, "udp": f"{host}:{port}",
-            "quic": None, "rooms": len(self.rooms.rooms),
+            "quic": self._quic_address(), "rooms": len(self.rooms.rooms),
+            "http": (f"{self.config.public_host}:{self.web.port}"
+                     if self.web is not None else None),
             "load": {"participants": self.rooms.participant_count(),
                      "downtracks": live.get("downtracks", 0), "pps": self.stats.pps()},
             "uptime": round(time.time() - self.started, 3),
@@ -374,8 +418,11 @@ class Node:
         p = self.rooms.join(room, participant, role, twcc_ext_id=twcc, rid_ext_id=rid)
         host, port = self.udp_address
         return {"participant": participant, "ice_ufrag": p.ice_ufrag, "ice_pwd": p.ice_pwd,
-                "udp": f"{host}:{port}", "token": p.token, "twcc_ext_id": twcc,
-                "rid_ext_id": rid}
+                "udp": f"{host}:{port}", "quic": self._quic_address(), "token": p.token,
+                "twcc_ext_id": twcc, "rid_ext_id": rid}
+
+    def _quic_address(self) -> str | None:
+        return None if self.quic is None else f"{self.config.public_host}:{self.quic.port}"
 
     async def _participant_connect(self, params: Params) -> None:
         _check_keys(params, ("room", "participant", "remote"))

@@ -98,6 +98,14 @@ async def _run(config: NodeConfig) -> int:
     log.info("sfu node %s: media udp %s (bound %s:%d), control %s", config.node_id,
              running.udp, config.udp_host, running.node.udp.port if running.node.udp else 0,
              ", ".join(control) or "none")
+    node = running.node
+    if node.quic is not None:
+        log.info("RTP over QUIC / WebTransport on udp %s:%d (certificate sha-256 %s, valid "
+                 "until %s)", config.quic_host or config.udp_host, node.quic.port,
+                 node.quic.cert.sha256.hex(), node.quic.cert.not_after.isoformat())
+    if node.web is not None:
+        log.info("viewer page: http://%s:%d/viewer?room=ROOM&participant=ID&token=TOKEN",
+                 config.public_host, node.web.port)
     try:
         await stop.wait()
         log.info("shutting down")

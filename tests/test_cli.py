@@ -214,7 +214,7 @@ def test_serve_runs_a_node_until_sigterm(short_dir: str, capsys) -> None:
     path = os.path.join(short_dir, "run", "sfu.sock")
     proc = subprocess.Popen(
         [sys.executable, "-m", "sfu.cli", "serve", "--udp", "127.0.0.1:0", "--control", path,
-         "--log-level", "warning"],
+         "--quic", "127.0.0.1:0", "--http", "127.0.0.1:0", "--log-level", "warning"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_subprocess_env())
     try:
         deadline = time.monotonic() + 20
@@ -225,6 +225,8 @@ def test_serve_runs_a_node_until_sigterm(short_dir: str, capsys) -> None:
         assert (code, err) == (0, "")
         info = json.loads(out)
         assert info["udp"].startswith("127.0.0.1:") and info["rooms"] == 0
+        # `sfu serve` turns QUIC and the viewer page on by default.
+        assert info["quic"].startswith("127.0.0.1:") and info["http"].startswith("127.0.0.1:")
         assert ctl(capsys, "room.create", '{"room": "s1"}', "--control", path)[0] == 0
         assert json.loads(ctl(capsys, "room.list", "--control", path)[1]) == {"rooms": ["s1"]}
         proc.send_signal(signal.SIGTERM)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Debian packages the tests drive for real: tshark (decodes the node's packets) and
-# GStreamer 1.22 with Python GI (the third-party RTX/ULPFEC peer). Installed when missing
+# Debian packages the tests drive for real: tshark (decodes the node's packets),
+# GStreamer 1.22 with Python GI (the third-party RTX/ULPFEC peer) and Chromium (the
+# WebTransport viewer page, run headless). Installed when missing
 # and we are root; otherwise say what to install (the tests then fail naming the tool).
 set -euo pipefail
 PKGS="tshark gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0"
-if command -v tshark >/dev/null 2>&1 && gst-inspect-1.0 vp8enc rtpulpfecdec >/dev/null 2>&1 \
+python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 chromium"
+if command -v tshark >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 && gst-inspect-1.0 vp8enc rtpulpfecdec >/dev/null 2>&1 \
     && /usr/bin/python3 -c "import gi; gi.require_version('Gst', '1.0')" >/dev/null 2>&1; then
   exit 0
 fi

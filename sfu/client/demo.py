@@ -61,7 +61,7 @@ def _summary(out: TextIO, elapsed: float, pub: Publisher, subs: list[Subscriber]
         out.write("".join(f"{c!s:>9}" for c in row) + "\n")
 
 
-async def _demo(viewers: int, seconds: float, out: TextIO) -> int:
+async def _demo(viewers: int, seconds: float, out: TextIO, transport: str = "udp") -> int:
     # Imported here: the node pulls in the native engine and the control server, which
     # the client library itself does not need.
     from sfu.config import NodeConfig
@@ -70,6 +70,7 @@ async def _demo(viewers: int, seconds: float, out: TextIO) -> int:
 
     with tempfile.TemporaryDirectory(prefix="sfu-demo-") as tmp:
         config = NodeConfig(udp_host="127.0.0.1", udp_port=0,
+                            quic_port=0 if transport == "quic" else None,
                             control_path=os.path.join(tmp, "sfu.sock"), log_level="warning")
         running = await start_node(config)
         subs: list[Subscriber] = []
@@ -80,11 +81,14 @@ async def _demo(viewers: int, seconds: float, out: TextIO) -> int:
             client = await Client.connect_unix(running.control_path)
             await client.call("room.create", room=ROOM)
             pub = await Publisher.join(client, ROOM, "host", width=640, height=360, fps=30,
-                                       bitrate=800_000)
+                                       bitrate=800_000, transport=transport)
             assert pub.track is not None
             for i in range(viewers):
-                subs.append(await Subscriber.join(client, ROOM, f"viewer-{i}", pub.track))
-            out.write(f"sfu demo: node udp {running.udp}, 1 host -> {viewers} viewers, "
+                subs.append(await Subscriber.join(client, ROOM, f"viewer-{i}", pub.track,
+                                                  transport=transport))
+            where = (f"quic {running.node._quic_address()} (RTP over QUIC)"
+                     if transport == "quic" else f"udp {running.udp}")
+            out.write(f"sfu demo: node {where}, 1 host -> {viewers} viewers, "
                       f"VP8 640x360@30 ~800 kbit/s, {seconds:g}s\n")
             start = time.monotonic()
             sending = asyncio.create_task(pub.run(seconds=seconds))
@@ -119,8 +123,11 @@ async def _demo(viewers: int, seconds: float, out: TextIO) -> int:
             await running.close()
 
 
-def run_demo(viewers: int = 10, seconds: float = 10.0) -> int:
+def run_demo(viewers: int = 10, seconds: float = 10.0, transport: str = "udp") -> int:
     """Run the demo; returns the process exit code."""
+    if transport not in ("udp", "quic"):
+        sys.stderr.write(f"sfu demo: --transport must be udp or quic, not {transport!r}\n")
+        return 2
     if viewers < 1:
         sys.stderr.write("sfu demo: --viewers must be at least 1\n")
         return 2
@@ -134,7 +141,7 @@ def run_demo(viewers: int = 10, seconds: float = 10.0) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
     try:
-        return runner(_demo(viewers, seconds, sys.stderr))
+        return runner(_demo(viewers, seconds, sys.stderr, transport))
     except KeyboardInterrupt:
         sys.stderr.write("\nsfu demo: interrupted\n")
         return 130

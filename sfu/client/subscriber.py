@@ -26,6 +26,7 @@ from sfu.client.publisher import (
     parse_hostport,
     parse_rtcp_counted,
     random_ssrc,
+    use_transport,
 )
 from sfu.client.vp8 import AssembledFrame, is_keyframe, parse_descriptor
 
@@ -161,6 +162,7 @@ class Subscriber(RtpEndpoint):
         rtx: bool = True,
         fec: str = "auto",
         via: tuple[str, int] | None = None,
+        transport: str = "udp",
     ) -> Subscriber:
         """Join ``room``, bind with STUN, subscribe to ``track`` and start reporting.
 
@@ -171,6 +173,7 @@ class Subscriber(RtpEndpoint):
         sub = cls(via or parse_hostport(joined["udp"]), joined["ice_ufrag"], joined["ice_pwd"],
                   decode=decode, keep_frames=keep_frames, budget_s=budget_s, nack=nack,
                   rtx=rtx, fec=fec)
+        use_transport(sub, transport, joined, room, participant)
         res = await sub.open_bind_call(control, bind_timeout, "track.subscribe", room=room,
                                        participant=participant, track=track,
                                        **recovery_params(nack, rtx, fec))
