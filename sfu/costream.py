@@ -543,6 +543,8 @@ class CostreamManager:
         if what == "closed":
             self.stages.pop(room_id, None)
             return
+        if what == "bound":  # an address changed: nothing on stage does
+            return
         st = self.stage(room_id)
         if what == "joined":
             p: Participant = subject

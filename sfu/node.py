@@ -11,6 +11,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgpack
+
 from sfu import __version__, _native
 from sfu.config import NodeConfig
 from sfu.costream import CostreamManager
@@ -45,6 +47,9 @@ log = logging.getLogger("sfu.node")
 Handler = Callable[[Params], Awaitable[dict[str, Any] | None]]
 
 
+STATE_LAYOUT_MAX = 700  # bytes of packed layout carried in STATE (its first part must fit)
+
+
 class Node:
     """Owns the Engine, the UDP transport, the rooms and the bus."""
 
@@ -69,6 +74,7 @@ class Node:
         self._state_dirty: set[int] = set()  # peers whose subscription list changed
         self._state_flush: asyncio.Handle | None = None
         self._state_version = 0
+        self._layouts: dict[str, tuple[dict[str, Any], int]] = {}  # room -> (compact, size)
         self.live = LiveMethods(self)
         self._rooms: RoomManager | None = None
         self._stats: StatsView | None = None
@@ -216,15 +222,18 @@ class Node:
         slots = [[s["participant"], s["role"], s["seat"], s["room"], s["tracks"].get("video"),
                   s["tracks"].get("audio"), s["muted"], s["x"], s["y"], s["w"], s["h"]]
                  for s in layout["slots"]]
+        compact = {"mode": layout["mode"], "version": layout["version"], "slots": slots}
+        self._layouts[room_id] = (compact, len(msgpack.packb(compact)))
         try:
-            self.data.send(room_id, "system", role="service", priority=True, extra={
-                "layout": {"mode": layout["mode"], "version": layout["version"],
-                           "slots": slots}})
+            self.data.send(room_id, "system", role="service", priority=True,
+                           extra={"layout": compact})
         except SfuError as exc:  # the control event carries it anyway; never break a flow
             log.warning("layout of room %s not sent to clients: %s", room_id, exc)
 
     def _on_room_change(self, what: str, room_id: str, subject: Any) -> None:
-        if what == "joined":
+        if what == "bound":  # a new or moved address: it may have missed STATE and layout
+            self._mark_state(subject.pid)
+        elif what == "joined":
             self.data.add_member(room_id, subject.pid, subject.participant_id, subject.role)
         elif what == "left":
             self.data.remove_member(room_id, subject.pid)
@@ -235,6 +244,7 @@ class Node:
         elif what == "closed":
             self.data.close_room(room_id)
             self.live.responders.pop(room_id, None)  # a room re-created later starts clean
+            self._layouts.pop(room_id, None)
             if self.speaker is not None:
                 self.speaker.forget_room(room_id)
             if self.simulcast is not None:
@@ -250,9 +260,11 @@ class Node:
             return
         p = self.rooms.rooms.get(event["room"])
         q = p.participants.get(event["data"]["participant"]) if p is not None else None
-        if q is None:
-            return
-        self._state_dirty.add(q.pid)
+        if q is not None:
+            self._mark_state(q.pid)
+
+    def _mark_state(self, pid: int) -> None:
+        self._state_dirty.add(pid)
         if self._state_flush is None:
             self._state_flush = asyncio.get_running_loop().call_soon(self._flush_state)
 
@@ -281,7 +293,11 @@ class Node:
                          "pt": sub.payload_type, "rtx_ssrc": sub.rtx_ssrc,
                          "rtx_pt": sub.rtx_payload_type, "clock_rate": track.clock_rate})
         self._state_version += 1  # one counter for all peers: always increasing
-        self.data.send_state(p.pid, {"subs": subs, "v": self._state_version})
+        state: dict[str, Any] = {"subs": subs, "v": self._state_version}
+        layout = self._layouts.get(p.room_id)
+        if layout is not None and layout[1] <= STATE_LAYOUT_MAX:
+            state["layout"] = layout[0]  # a late joiner's first layout (it is sent on change)
+        self.data.send_state(p.pid, state)
 
     def _on_rr(self, did: int) -> None:
         if self.simulcast is not None:

@@ -308,9 +308,11 @@ class RoomManager:
             raise Conflict(f"address {host}:{port} is bound to another participant") from exc
         p.address = (host, port)
         if previous is None:
+            self._notify("bound", p.room_id, p)
             return "bound"
         if previous == p.address:
             return "same"
+        self._notify("bound", p.room_id, p)
         self._emit(p.room_id, "participant.moved", {
             "participant": p.participant_id, "address": p.address_str,
             "previous": f"{previous[0]}:{previous[1]}"})

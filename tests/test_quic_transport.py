@@ -7,21 +7,20 @@ never stalls a queue.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 
-from sfu import _native
+from sfu import _native, data_wire
 from sfu.client.publisher import Publisher
 from sfu.client.quic import QuicLink, QuicRefused
 from sfu.client.subscriber import Subscriber
-from sfu.config import NodeConfig
 from sfu.control import Client
-from sfu.server import RunningNode, start_node
+from sfu.server import RunningNode
 from sfu.transports import roq
+from tests.node_helpers import running_node
 from tests.test_e2e_video import run, wait_until
 
 ROOM = "roq"
@@ -29,20 +28,14 @@ ROOM = "roq"
 
 @asynccontextmanager
 async def quic_node(**options: object) -> AsyncIterator[tuple[RunningNode, Client]]:
-    with tempfile.TemporaryDirectory(prefix="sfu-quic-") as tmp:
-        config = NodeConfig(udp_host="127.0.0.1", udp_port=0, quic_port=0,
-                            control_path=os.path.join(tmp, "sfu.sock"), **options)  # type: ignore[arg-type]
-        running = await start_node(config)
+    async with running_node(quic_port=0, **options) as running:
+        assert running.control_path is not None
+        client = await Client.connect_unix(running.control_path)
         try:
-            assert running.control_path is not None
-            client = await Client.connect_unix(running.control_path)
-            try:
-                await client.call("room.create", room=ROOM)
-                yield running, client
-            finally:
-                await client.close()
+            await client.call("room.create", room=ROOM)
+            yield running, client
         finally:
-            await running.close()
+            await client.close()
 
 
 def counter(running: RunningNode, name: str) -> int:
@@ -174,5 +167,46 @@ def test_datagram_sizing_never_stalls() -> None:
                 assert big_link.max_payload >= 1400
             finally:
                 big_link.close()
+
+    run(main)
+
+
+def test_late_quic_viewer_gets_state_with_layout_on_connect() -> None:
+    """STATE and the layout go out when they change; a viewer that connects later gets both
+    when its transport binds (else it would not know its SSRCs until the next change)."""
+    async def main() -> None:
+        async with quic_node() as (running, client):
+            await client.call("room.create", room="live", auto_subscribe=True)
+            pub = await Publisher.join(client, "live", "host", width=160, height=120, fps=15,
+                                       bitrate=100_000)
+            try:
+                await client.call("costream.set_layout", room="live", mode="grid")
+                await asyncio.sleep(2.0)  # past the STATE re-sends of earlier changes
+                joined = await client.call("participant.join", room="live",
+                                           participant="late", role="audience")
+                await asyncio.sleep(2.0)  # its subscription's STATE went nowhere (unbound)
+                host, port = joined["quic"].rsplit(":", 1)
+                link = QuicLink((host, int(port)))
+                states: list[dict[str, object]] = []
+
+                def on_datagram(data: bytes) -> None:
+                    if data_wire.has_sfud(data):
+                        for subtype, _ssrc, payload in data_wire.parse_app(data):
+                            if subtype == data_wire.STATE:
+                                states.append(data_wire.decode_state(payload))
+                link.on_datagram = on_datagram
+                await link.connect()
+                try:
+                    await link.authenticate("live", "late", joined["token"])
+                    await wait_until(lambda: bool(states), 3.0, lambda: "no STATE")
+                    state = states[0]
+                    assert [s["track"] for s in state["subs"]] == [pub.track]  # type: ignore[index,union-attr]
+                    layout = state["layout"]
+                    assert layout["mode"] == "grid"  # type: ignore[index]
+                    assert [slot[0] for slot in layout["slots"]] == ["host"]  # type: ignore[index]
+                finally:
+                    link.close()
+            finally:
+                pub.close()
 
     run(main)

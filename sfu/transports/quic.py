@@ -52,7 +52,7 @@ WT_PATH = "/sfu"
 ACK_DELAY = 0.02  # seconds; we advertise 25 ms (aioquic's max_ack_delay)
 COUNTER_KEYS = ("quic_connections", "quic_sessions", "quic_auth_failed", "quic_unauth_drops",
                 "quic_bad_flow", "quic_bad_frames", "quic_stream_packets", "quic_datagrams_in",
-                "quic_moved", "quic_rekeyed", "quic_closed")
+                "quic_moved", "quic_rekeyed", "quic_closed", "quic_acks_filtered")
 
 
 def server_configuration(cert: NodeCertificate, max_datagram: int,
@@ -154,6 +154,9 @@ class QuicSession(QuicConnectionProtocol):
         self._keys: tuple[Any, ...] | None = None  # what the engine was last given
         # Header protection keeps the first 1-RTT key across key updates (RFC 9001 §6).
         self._hp: bytes | None = None
+        self._rx_hp: bytes | None = None
+        self._rx_keys: tuple[Any, ...] | None = None
+        self._ack_filter: Any = None  # _native.QuicAckFilter for the peer's ACK-only packets
         # The client's own path limit (RoQ auth frame): we never send it larger packets.
         self.client_max_datagram = owner.max_datagram
 
@@ -167,6 +170,24 @@ class QuicSession(QuicConnectionProtocol):
         except roq.RoqError as exc:
             self.owner.counters["quic_bad_frames"] += 1
             self._quic.close(error_code=0x1, reason_phrase=f"bad frame: {exc}"[:200])
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        # A viewer's ACK-only packets carry nothing aioquic needs while it has no packet of
+        # its own in flight (the engine's datagrams are not in its loss recovery): check and
+        # drop them natively instead of paying aioquic's Python receive path for each.
+        quic, f = self._quic, self._ack_filter
+        if (f is not None and len(data) <= 256 and not data[0] & 0x80  # type: ignore[operator]
+                and addr == quic._network_paths[0].addr):
+            space = quic._spaces[Epoch.ONE_RTT]
+            if not space.ack_eliciting_in_flight:
+                pn = f.ack_only(data, space.expected_packet_number)
+                if pn >= 0:
+                    if pn >= space.expected_packet_number:
+                        space.expected_packet_number = pn + 1
+                    quic._close_at = self._loop.time() + quic._idle_timeout()
+                    self.owner.counters["quic_acks_filtered"] += 1
+                    return
+        super().datagram_received(data, addr)
 
     def transmit(self) -> None:
         if self.pid < 0:
@@ -197,7 +218,7 @@ class QuicSession(QuicConnectionProtocol):
                 self.kind = "webtransport"
                 self._h3 = H3Connection(self._quic, enable_webtransport=True)
         elif isinstance(event, events.HandshakeCompleted):
-            self._hp = self._header_key()
+            self._hp, self._rx_hp = self._header_key("send"), self._header_key("recv")
         elif isinstance(event, events.ConnectionTerminated):
             counters["quic_closed"] += 1
             self.detach()
@@ -390,6 +411,17 @@ class QuicSession(QuicConnectionProtocol):
                                       prefix=self.prefix, next_pn=quic._packet_number,
                                       key_phase=send.key_phase, max_packet=self._packet_limit())
             self._keys = keys
+        recv = crypto.recv if crypto is not None else None
+        if recv is not None and recv.is_valid() and recv.cipher_suite is not None:
+            rx = (recv.secret, recv.key_phase, len(quic.host_cid))
+            if rx != self._rx_keys and hasattr(_native, "QuicAckFilter"):
+                key, iv, hp = derive_key_iv_hp(cipher_suite=recv.cipher_suite,
+                                               secret=recv.secret, version=recv.version)
+                if self._rx_hp is None:
+                    self._rx_hp = hp
+                self._ack_filter = _native.QuicAckFilter(key, iv, self._rx_hp, len(quic.host_cid),
+                                                         recv.key_phase)
+                self._rx_keys = rx
         path = quic._network_paths[0]
         addr = (str(path.addr[0]), int(path.addr[1]))
         # Send media to a new address only once aioquic has validated it (RFC 9000 §9.3:
@@ -400,13 +432,13 @@ class QuicSession(QuicConnectionProtocol):
             self.address = addr
             self.owner.counters["quic_moved"] += 1
 
-    def _header_key(self) -> bytes | None:
+    def _header_key(self, direction: str) -> bytes | None:
         crypto = self._quic._cryptos.get(Epoch.ONE_RTT)
-        send = crypto.send if crypto is not None else None
-        if send is None or not send.is_valid() or send.cipher_suite is None:
+        ctx = getattr(crypto, direction) if crypto is not None else None
+        if ctx is None or not ctx.is_valid() or ctx.cipher_suite is None:
             return None
-        return derive_key_iv_hp(cipher_suite=send.cipher_suite, secret=send.secret,
-                                version=send.version)[2]
+        return derive_key_iv_hp(cipher_suite=ctx.cipher_suite, secret=ctx.secret,
+                                version=ctx.version)[2]
 
     def _refuse(self, exc: SfuError) -> None:
         """A typed error to the client (RoQ: on the control stream) and the connection
