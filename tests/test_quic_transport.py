@@ -8,10 +8,14 @@ never stalls a queue.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from sfu import _native, data_wire
 from sfu.client.publisher import Publisher
@@ -208,5 +212,36 @@ def test_late_quic_viewer_gets_state_with_layout_on_connect() -> None:
                     link.close()
             finally:
                 pub.close()
+
+    run(main)
+
+
+def test_certificate_is_short_lived_ecdsa_and_renewed() -> None:
+    """Browsers take a certificate by hash only if it is ECDSA and valid under 14 days; the
+    node renews its own before it runs out, and new sessions (and the page) get the new one."""
+    async def main() -> None:
+        async with quic_node(http_port=0) as (running, client):
+            node = running.node
+            assert node.quic is not None
+            cert = node.quic.cert
+            life = cert.not_after - cert.certificate.not_valid_before_utc
+            assert life < datetime.timedelta(days=14)
+            assert isinstance(cert.certificate.public_key(), ec.EllipticCurvePublicKey)
+            assert not cert.due_for_renewal()
+            assert cert.due_for_renewal(cert.not_after - datetime.timedelta(days=1))
+            old = node.web_config()["cert_sha256"]
+            node.quic.renew_certificate()
+            assert node.web_config()["cert_sha256"] != old
+            joined = await client.call("participant.join", room=ROOM, participant="p",
+                                       role="audience")
+            host, port = joined["quic"].rsplit(":", 1)
+            link = QuicLink((host, int(port)))
+            await link.connect()
+            try:
+                await link.authenticate(ROOM, "p", joined["token"])
+                der = link.quic.tls._peer_certificate.public_bytes(serialization.Encoding.DER)
+                assert hashlib.sha256(der).hexdigest() == node.web_config()["cert_sha256"]
+            finally:
+                link.close()
 
     run(main)

@@ -29,6 +29,7 @@ class NodeCertificate:
     certificate: x509.Certificate
     private_key: ec.EllipticCurvePrivateKey
     generated: bool
+    hosts: tuple[str, ...] = ()  # names a generated certificate is for (kept for renewal)
 
     @property
     def sha256(self) -> bytes:
@@ -64,7 +65,7 @@ def self_signed(hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
             .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.SubjectAlternativeName(alt), critical=False)
             .sign(key, hashes.SHA256()))
-    return NodeCertificate(cert, key, generated=True)
+    return NodeCertificate(cert, key, generated=True, hosts=hosts)
 
 
 def load(cert_file: str, key_file: str) -> NodeCertificate:

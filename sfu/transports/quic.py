@@ -85,6 +85,7 @@ class QuicTransport:
         self.drain: Callable[[], None] = lambda: None  # engine events, after an ingest batch
         self._server: QuicServer | None = None
         self._drain_pending = False
+        self._renew_timer: asyncio.TimerHandle | None = None
 
     async def start(self, rooms: RoomManager, drain: Callable[[], None]) -> None:
         self.rooms, self.drain = rooms, drain
@@ -95,12 +96,33 @@ class QuicTransport:
         sock = cast(socket.socket, transport.get_extra_info("socket"))
         self.port = sock.getsockname()[1]
         self.tid = self.engine.add_udp(sock.fileno())  # egress only: Python reads the socket
+        self._check_certificate()
+
+    def _check_certificate(self) -> None:
+        """A generated certificate is renewed two days before it runs out (browsers accept
+        it by hash only while it is valid for under 14 days); new sessions get the new one,
+        the page's config.json its hash."""
+        if self.cert.due_for_renewal():
+            self.renew_certificate()
+        self._renew_timer = asyncio.get_running_loop().call_later(3600.0,
+                                                                  self._check_certificate)
+
+    def renew_certificate(self) -> None:
+        from sfu.transports.cert import self_signed
+        self.cert = self_signed(self.cert.hosts)
+        if self._server is not None:
+            self._server._configuration.certificate = self.cert.certificate
+            self._server._configuration.private_key = self.cert.private_key
+        log.info("QUIC certificate renewed: sha-256 %s, valid until %s", self.cert.sha256.hex(),
+                 self.cert.not_after.isoformat())
 
     def _new_session(self, *args: Any, **kwargs: Any) -> QuicSession:
         self.counters["quic_connections"] += 1
         return QuicSession(self, *args, **kwargs)
 
     def close(self) -> None:
+        if self._renew_timer is not None:
+            self._renew_timer.cancel()
         for session in list(self.sessions.values()):
             session.detach()
         if self._server is not None:
