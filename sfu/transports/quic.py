@@ -179,6 +179,7 @@ class QuicSession(QuicConnectionProtocol):
         self._rx_hp: bytes | None = None
         self._rx_keys: tuple[Any, ...] | None = None
         self._ack_filter: Any = None  # _native.QuicAckFilter for the peer's ACK-only packets
+        self._only_media = False  # the packet being received carried only DATAGRAM frames
         # The client's own path limit (RoQ auth frame): we never send it larger packets.
         self.client_max_datagram = owner.max_datagram
 
@@ -209,7 +210,19 @@ class QuicSession(QuicConnectionProtocol):
                     quic._close_at = self._loop.time() + quic._idle_timeout()
                     self.owner.counters["quic_acks_filtered"] += 1
                     return
-        super().datagram_received(data, addr)
+        quic.receive_datagram(cast(bytes, data), addr, now=self._loop.time())
+        self._only_media = True
+        self._process_events()
+        # A packet of media or ACKs alone leaves aioquic nothing to send at once (its own
+        # ACK waits for the ACK timer): skip the transmit pass unless the timer must fire
+        # sooner (a timer that moved later fires early and re-arms). Anything else (stream
+        # data, a new path, a close) goes through the full transmit.
+        if self._only_media and self.pid >= 0 and not quic._close_pending \
+                and addr == quic._network_paths[0].addr and self._timer_at is not None:
+            timer = quic.get_timer()
+            if timer is not None and timer >= self._timer_at:
+                return
+        self.transmit()
 
     def transmit(self) -> None:
         if self.pid < 0:
@@ -231,6 +244,8 @@ class QuicSession(QuicConnectionProtocol):
 
     def _on_event(self, event: events.QuicEvent) -> None:
         counters = self.owner.counters
+        if not isinstance(event, events.DatagramFrameReceived):
+            self._only_media = False
         if isinstance(event, events.DatagramFrameReceived) and self.kind == "roq":
             self._roq_datagram(event.data)
         elif isinstance(event, events.ProtocolNegotiated):
