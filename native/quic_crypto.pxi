@@ -21,6 +21,10 @@ cdef extern from *:
         const void *(*aes_256_gcm)(void);
         const void *(*aes_128_ecb)(void);
         const void *(*aes_256_ecb)(void);
+        /* Opening (QuicAckFilter, quic_open.pxi). */
+        int (*dinit)(void *, const void *, void *, const unsigned char *, const unsigned char *);
+        int (*dupdate)(void *, unsigned char *, int *, const unsigned char *, int);
+        int (*dfinal)(void *, unsigned char *, int *);
     } sfu_crypto_api;
     static sfu_crypto_api sfu_crypto;
 
@@ -56,6 +60,9 @@ cdef extern from *:
         SFU_SYM(aes_256_gcm, "EVP_aes_256_gcm")
         SFU_SYM(aes_128_ecb, "EVP_aes_128_ecb")
         SFU_SYM(aes_256_ecb, "EVP_aes_256_ecb")
+        SFU_SYM(dinit, "EVP_DecryptInit_ex")
+        SFU_SYM(dupdate, "EVP_DecryptUpdate")
+        SFU_SYM(dfinal, "EVP_DecryptFinal_ex")
     #undef SFU_SYM
         sfu_crypto.state = 1;
         return 1;
@@ -87,6 +94,25 @@ cdef extern from *:
     static int sfu_evp_get_tag(void *c, unsigned char *tag) {
         return sfu_crypto.ctrl(c, 0x10 /* EVP_CTRL_GCM_GET_TAG */, 16, tag);
     }
+    /* Opening: a GCM context keyed for decryption; the tag is set before final, which
+       returns 1 only if it authenticates. */
+    static int sfu_evp_gcm_dec_key(void *c, int klen, const unsigned char *key) {
+        return sfu_crypto.dinit(c, klen == 32 ? sfu_crypto.aes_256_gcm() : sfu_crypto.aes_128_gcm(),
+                                NULL, key, NULL);
+    }
+    static int sfu_evp_dec_set_iv(void *c, const unsigned char *iv) {
+        return sfu_crypto.dinit(c, NULL, NULL, NULL, iv);
+    }
+    static int sfu_evp_dec_update(void *c, unsigned char *out, int *outl,
+                                  const unsigned char *in, int inl) {
+        return sfu_crypto.dupdate(c, out, outl, in, inl);
+    }
+    static int sfu_evp_dec_final(void *c, unsigned char *out, int *outl) {
+        return sfu_crypto.dfinal(c, out, outl);
+    }
+    static int sfu_evp_set_tag(void *c, const unsigned char *tag) {
+        return sfu_crypto.ctrl(c, 0x11 /* EVP_CTRL_GCM_SET_TAG */, 16, (void *)tag);
+    }
     """
     int sfu_crypto_load() nogil
     const char *sfu_crypto_error() nogil
@@ -98,6 +124,11 @@ cdef extern from *:
     int sfu_evp_update(void *c, uint8_t *out, int *outl, const uint8_t *inp, int inl) nogil
     int sfu_evp_final(void *c, uint8_t *out, int *outl) nogil
     int sfu_evp_get_tag(void *c, uint8_t *tag) nogil
+    int sfu_evp_gcm_dec_key(void *c, int klen, const uint8_t *key) nogil
+    int sfu_evp_dec_set_iv(void *c, const uint8_t *iv) nogil
+    int sfu_evp_dec_update(void *c, uint8_t *out, int *outl, const uint8_t *inp, int inl) nogil
+    int sfu_evp_dec_final(void *c, uint8_t *out, int *outl) nogil
+    int sfu_evp_set_tag(void *c, const uint8_t *tag) nogil
 
 
 cdef enum:

@@ -370,3 +370,24 @@ def _rs_parity_rows(prefixes: bytes, bodies: list[bytes | None], mask: int, k: i
                     nrows: int, L: int) -> bytes | None: ...
 def _rs_recover(k: int, mask: int, imgs: list[bytes | None], rows: list[int],
                 parity: list[bytes], L: int) -> dict[int, bytes] | None: ...
+class QuicAckFilter:
+    """Recognises a QUIC peer's authenticated ACK-only 1-RTT packets natively, so the node
+    can drop them without aioquic's receive path (see native/quic_open.pxi).
+
+    key, iv, hp: the PEER's send keys (our receive direction, derive_key_iv_hp of
+    ``conn._cryptos[Epoch.ONE_RTT].recv``), AES-128/256-GCM by key length. After a key
+    update pass the new key and iv but the FIRST hp (RFC 9001 section 6: header protection
+    keys do not change). dcid_len: length of OUR connection ids (aioquic: 8).
+    ValueError on bad lengths, key_phase not 0/1; RuntimeError if libcrypto is missing."""
+
+    key_phase: int
+    def __init__(self, key: bytes, iv: bytes, hp: bytes, dcid_len: int,
+                 key_phase: int = 0) -> None: ...
+    def ack_only(self, data: bytes, expected_pn: int) -> int:
+        """The full packet number (>= 0) if data is exactly one short-header packet that
+        authenticates, is in key_phase, has reserved bits 0 and holds only ACK / PADDING
+        frames (at least one ACK, at most 256 ranges each, at most 1500 bytes); else -1
+        (hand it to aioquic). Never raises on the bytes. expected_pn: aioquic's
+        ``_spaces[Epoch.ONE_RTT].expected_packet_number`` (0..2**62, ValueError otherwise);
+        data must be bytes (TypeError otherwise)."""
+
