@@ -50,6 +50,10 @@ log = logging.getLogger("sfu.quic")
 
 WT_PATH = "/sfu"
 ACK_DELAY = 0.02  # seconds; we advertise 25 ms (aioquic's max_ack_delay)
+# A publisher's QUIC stack paces its datagrams by cwnd / RTT, and the RTT it sees includes our
+# ACK delay: a 20 ms delay holds a 2 Mbit/s host back into bursts. Hosts and co-hosts are few
+# per room, so they get ACKs every 5 ms (~200 ACK packets/s each at most).
+PUBLISHER_ACK_DELAY = 0.005
 COUNTER_KEYS = ("quic_connections", "quic_sessions", "quic_auth_failed", "quic_unauth_drops",
                 "quic_bad_flow", "quic_bad_frames", "quic_stream_packets", "quic_datagrams_in",
                 "quic_moved", "quic_rekeyed", "quic_closed", "quic_acks_filtered")
@@ -217,8 +221,9 @@ class QuicSession(QuicConnectionProtocol):
         # ACK waits for the ACK timer): skip the transmit pass unless the timer must fire
         # sooner (a timer that moved later fires early and re-arms). Anything else (stream
         # data, a new path, a close) goes through the full transmit.
+        path = quic._network_paths[0]
         if self._only_media and self.pid >= 0 and not quic._close_pending \
-                and addr == quic._network_paths[0].addr and self._timer_at is not None:
+                and addr == path.addr and path.is_validated and self._timer_at is not None:
             timer = quic.get_timer()
             if timer is not None and timer >= self._timer_at:
                 return
@@ -431,6 +436,9 @@ class QuicSession(QuicConnectionProtocol):
     def _sync(self) -> None:
         """Keep the engine's copy of keys, peer CID and address equal to aioquic's."""
         quic = self._quic
+        if self.participant is not None:  # a role may change mid-session (costream.accept)
+            quic._ack_delay = ACK_DELAY if self.participant.role == "audience" \
+                else PUBLISHER_ACK_DELAY
         crypto = quic._cryptos.get(Epoch.ONE_RTT)
         send = crypto.send if crypto is not None else None
         if send is None or not send.is_valid() or send.cipher_suite is None:
