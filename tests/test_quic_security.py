@@ -109,3 +109,37 @@ def test_engine_counters_are_consistent_after_garbage() -> None:
                 _native.COUNTER_NAMES.index("quic_sealed")]) == 0
 
     run(main)
+
+
+def test_address_held_by_another_participant_is_refused_typed() -> None:
+    """A stale participant still bound to the client's address: the QUIC session is refused
+    with `conflict` and no engine state points at it; a fresh connection then works."""
+    async def main() -> None:
+        async with quic_node() as (running, client):
+            stale = await client.call("participant.join", room=ROOM, participant="stale",
+                                      role="audience")
+            fresh = await client.call("participant.join", room=ROOM, participant="fresh",
+                                      role="audience")
+            del stale
+            host, port = fresh["quic"].rsplit(":", 1)
+            link = QuicLink((host, int(port)))
+            await link.connect()
+            try:
+                local = link.local_address
+                await client.call("participant.connect", room=ROOM, participant="stale",
+                                  remote=f"{local[0]}:{local[1]}")
+                with pytest.raises(QuicRefused) as info:
+                    await link.authenticate(ROOM, "fresh", fresh["token"])
+                assert info.value.code == "conflict"
+                assert running.node.quic is not None and not running.node.quic.sessions
+            finally:
+                link.close()
+            again = QuicLink((host, int(port)))
+            await again.connect()
+            try:
+                ok = await again.authenticate(ROOM, "fresh", fresh["token"])
+                assert ok["type"] == "ok"
+            finally:
+                again.close()
+
+    run(main)

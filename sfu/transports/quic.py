@@ -39,9 +39,10 @@ from aioquic.quic.crypto import derive_key_iv_hp
 from aioquic.tls import CipherSuite, Epoch
 
 from sfu import _native
-from sfu.errors import BadRequest, SfuError, Unauthorized
+from sfu.errors import BadRequest, InternalError, SfuError, Unauthorized
 from sfu.transports import roq
 from sfu.transports.cert import NodeCertificate
+from sfu.transports.udp import set_buffers
 
 if TYPE_CHECKING:
     from sfu.rooms import Participant, RoomManager
@@ -98,6 +99,7 @@ class QuicTransport:
                                    create_protocol=self._new_session)
         transport = cast(asyncio.DatagramTransport, self._server._transport)
         sock = cast(socket.socket, transport.get_extra_info("socket"))
+        set_buffers(sock)  # ~4 MiB as on the UDP port: bursts survive a busy loop
         self.port = sock.getsockname()[1]
         self.tid = self.engine.add_udp(sock.fileno())  # egress only: Python reads the socket
         self._check_certificate()
@@ -197,6 +199,11 @@ class QuicSession(QuicConnectionProtocol):
         except roq.RoqError as exc:
             self.owner.counters["quic_bad_frames"] += 1
             self._quic.close(error_code=0x1, reason_phrase=f"bad frame: {exc}"[:200])
+        except Exception as exc:  # a bug must cost this session, not the node's loop
+            log.exception("QUIC session %s failed", self.participant and
+                          self.participant.participant_id)
+            self.detach()
+            self._refuse(InternalError(f"{type(exc).__name__}: {exc}"))
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         # A viewer's ACK-only packets carry nothing aioquic needs while it has no packet of
@@ -395,13 +402,16 @@ class QuicSession(QuicConnectionProtocol):
             old.detach()
             old._quic.close(error_code=0x0, reason_phrase="replaced by a new session")
             old.transmit()
+        addr = self._quic._network_paths[0].addr
+        address = (str(addr[0]), int(addr[1]))
+        # Bind first: a Conflict (another participant holds this address) refuses the
+        # session before any engine state points at it.
+        owner.rooms.bind(p, *address)
         self.participant, self.pid, self.prefix = p, p.pid, prefix
+        self.address = address
         owner.sessions[p.pid] = self
         owner.counters["quic_sessions"] += 1
         self.engine.set_peer_transport(p.pid, owner.tid)
-        addr = self._quic._network_paths[0].addr
-        self.address = (str(addr[0]), int(addr[1]))
-        owner.rooms.bind(p, *self.address)
         self._keys = None
         self._sync()
 

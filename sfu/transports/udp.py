@@ -30,7 +30,7 @@ COUNTER_KEYS = ("stun_bound", "stun_moved", "stun_rejected", "stun_malformed", "
                 "stun_conflict", "pli_events", "bye_events", "rr_events", "event_overflows")
 
 
-def _set_buffers(sock: socket.socket) -> None:
+def set_buffers(sock: socket.socket) -> None:
     """Ask for ~4 MiB socket buffers so bursts survive a busy loop. The plain options are
     capped by net.core.[rw]mem_max; the *FORCE variants (CAP_NET_ADMIN) are not."""
     for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
@@ -53,7 +53,7 @@ class UdpTransport:
         self.loop = loop
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            _set_buffers(self.sock)
+            set_buffers(self.sock)
             self.sock.setblocking(False)
             self.sock.bind((host, port))
             self.tid = engine.add_udp(self.sock.fileno())
