@@ -543,7 +543,7 @@ class CostreamManager:
         if what == "closed":
             self.stages.pop(room_id, None)
             return
-        if what == "bound":  # an address changed: nothing on stage does
+        if what in ("bound", "detaching"):  # transport matters: nothing on stage changes
             return
         st = self.stage(room_id)
         if what == "joined":

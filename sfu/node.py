@@ -232,7 +232,10 @@ class Node:
 
     def _on_room_change(self, what: str, room_id: str, subject: Any) -> None:
         if what == "bound":  # a new or moved address: it may have missed STATE and layout
-            self._mark_state(subject.pid)
+            # Only when there is something to tell: third-party RTP stacks (GStreamer, bound
+            # with participant.connect) take an APP packet bearing their SSRC as a collision.
+            if subject.subscriptions or subject.room_id in self._layouts:
+                self._mark_state(subject.pid)
         elif what == "joined":
             self.data.add_member(room_id, subject.pid, subject.participant_id, subject.role)
         elif what == "left":

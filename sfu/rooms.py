@@ -333,6 +333,7 @@ class RoomManager:
         del room.participants[p.participant_id]
         self.by_ufrag.pop(p.ice_ufrag, None)
         self.by_pid.pop(p.pid, None)
+        self._notify("detaching", room.room_id, p)  # transports let go of the peer first
         # The engine frees the peer's sources and every downtrack to or from it.
         self.engine.remove_peer(p.pid)
 

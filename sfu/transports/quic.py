@@ -20,6 +20,7 @@ peer is not touched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import socket
@@ -39,7 +40,7 @@ from aioquic.quic.crypto import derive_key_iv_hp
 from aioquic.tls import CipherSuite, Epoch
 
 from sfu import _native
-from sfu.errors import BadRequest, InternalError, SfuError, Unauthorized
+from sfu.errors import BadRequest, Conflict, InternalError, SfuError, Unauthorized
 from sfu.transports import roq
 from sfu.transports.cert import NodeCertificate
 from sfu.transports.udp import set_buffers
@@ -57,7 +58,8 @@ ACK_DELAY = 0.02  # seconds; we advertise 25 ms (aioquic's max_ack_delay)
 PUBLISHER_ACK_DELAY = 0.005
 COUNTER_KEYS = ("quic_connections", "quic_sessions", "quic_auth_failed", "quic_unauth_drops",
                 "quic_bad_flow", "quic_bad_frames", "quic_stream_packets", "quic_datagrams_in",
-                "quic_moved", "quic_rekeyed", "quic_closed", "quic_acks_filtered")
+                "quic_moved", "quic_rekeyed", "quic_closed", "quic_acks_filtered",
+                "quic_conflict", "quic_to_udp")
 
 
 def server_configuration(cert: NodeCertificate, max_datagram: int,
@@ -94,6 +96,7 @@ class QuicTransport:
 
     async def start(self, rooms: RoomManager, drain: Callable[[], None]) -> None:
         self.rooms, self.drain = rooms, drain
+        rooms.hooks.append(self._on_room_change)
         config = server_configuration(self.cert, self.max_datagram, self.idle_timeout)
         self._server = await serve(self.host, self.port, configuration=config,
                                    create_protocol=self._new_session)
@@ -137,6 +140,18 @@ class QuicTransport:
         if self.tid >= 0:
             self.engine.remove_transport(self.tid)
             self.tid = -1
+
+    def _on_room_change(self, what: str, _room_id: str, subject: Any) -> None:
+        if what == "detaching":  # left, kicked or room closed: before its peer is freed
+            session = self.sessions.get(subject.pid)
+            if session is not None:
+                session.close_for("participant left")
+        elif what == "bound":
+            session = self.sessions.get(subject.pid)
+            if session is not None and subject.address != session.address:
+                # A STUN binding (or participant.connect) took over: media goes by UDP now.
+                self.counters["quic_to_udp"] += 1
+                session.close_for("participant moved to UDP")
 
     def schedule_drain(self) -> None:
         """Engine events (RR, data messages) are drained once per loop turn, not per packet."""
@@ -237,6 +252,8 @@ class QuicSession(QuicConnectionProtocol):
         self.transmit()
 
     def transmit(self) -> None:
+        if self.pid >= 0 and self.owner.sessions.get(self.pid) is not self:
+            self.pid = -1  # its peer was handed on (left, replaced): no engine state is ours
         if self.pid < 0:
             super().transmit()
             return
@@ -397,13 +414,21 @@ class QuicSession(QuicConnectionProtocol):
     def _attach(self, p: Participant, prefix: bytes) -> None:
         owner = self.owner
         assert owner.rooms is not None
+        quic = self._quic
+        if quic._remote_max_datagram_frame_size is None:
+            raise BadRequest("the client must accept DATAGRAM frames (RFC 9221 "
+                             "max_datagram_frame_size)")
+        if self._packet_limit() < 1200:
+            raise BadRequest("the client's max_datagram_frame_size is too small for media")
+        # Media goes only to an address that proved it is there (RFC 9000 §9.3): a path
+        # aioquic promoted but has not validated yet waits for _sync.
+        path = next((n for n in quic._network_paths if n.is_validated), None)
+        if path is None:
+            raise BadRequest("the connection's path is not validated yet")
         old = owner.sessions.get(p.pid)
         if old is not None and old is not self:  # a reconnect replaces the old session
-            old.detach()
-            old._quic.close(error_code=0x0, reason_phrase="replaced by a new session")
-            old.transmit()
-        addr = self._quic._network_paths[0].addr
-        address = (str(addr[0]), int(addr[1]))
+            old.close_for("replaced by a new session")
+        address = (str(path.addr[0]), int(path.addr[1]))
         # Bind first: a Conflict (another participant holds this address) refuses the
         # session before any engine state points at it.
         owner.rooms.bind(p, *address)
@@ -416,19 +441,34 @@ class QuicSession(QuicConnectionProtocol):
         self._sync()
 
     def detach(self) -> None:
-        """Stop sealing for this participant and unbind its media address (its tracks stay;
-        a new session or a STUN binding takes over)."""
+        """Stop sealing for this participant and give its peer back to the UDP port (its
+        tracks stay; a new session or a STUN binding takes over)."""
         owner = self.owner
         if self.pid < 0:
             return
         pid, self.pid = self.pid, -1
-        if owner.sessions.get(pid) is self:
-            del owner.sessions[pid]
-            p = owner.rooms.by_pid.get(pid) if owner.rooms is not None else None
-            if p is not None and p is self.participant:
-                self.engine.clear_peer_quic(pid)
+        if owner.sessions.get(pid) is not self:
+            return
+        del owner.sessions[pid]
+        # aioquic may still send (its close): past every number the engine sealed with these
+        # keys, or an AES-GCM nonce would repeat.
+        with contextlib.suppress(ValueError):
+            self._quic._packet_number = max(self._quic._packet_number,
+                                            self.engine.quic_next_pn(pid))
+        p = owner.rooms.by_pid.get(pid) if owner.rooms is not None else None
+        if p is not None and p is self.participant:
+            self.engine.clear_peer_quic(pid)
+            assert owner.rooms is not None
+            self.engine.set_peer_transport(pid, owner.rooms.tid)
+            if p.address == self.address:  # not re-bound elsewhere (a STUN binding) meanwhile
                 self.engine.unbind_peer(pid)
                 p.address = None
+
+    def close_for(self, reason: str) -> None:
+        """Detach and close the connection (participant left, replaced, moved to UDP)."""
+        self.detach()
+        self._quic.close(error_code=0x0, reason_phrase=reason)
+        self.transmit()
 
     @property
     def max_payload(self) -> int:
@@ -483,8 +523,14 @@ class QuicSession(QuicConnectionProtocol):
         # no amplification towards an address that did not prove it is there).
         if addr != self.address and path.is_validated and self.participant is not None:
             assert self.owner.rooms is not None
-            self.owner.rooms.bind(self.participant, *addr)
-            self.address = addr
+            previous, self.address = self.address, addr
+            try:
+                self.owner.rooms.bind(self.participant, *addr)
+            except Conflict as exc:  # the new address belongs to another participant
+                self.address = previous
+                self.owner.counters["quic_conflict"] += 1
+                self._refuse(exc)
+                return
             self.owner.counters["quic_moved"] += 1
 
     def _header_key(self, direction: str) -> bytes | None:

@@ -1,0 +1,155 @@
+"""Session lifecycle on the QUIC port (found by review): a replaced session never reuses a
+packet number the engine sealed (AES-GCM nonce), media only goes to a validated address, a
+participant that leaves takes its session with it, and a STUN binding hands the peer back to
+the UDP port."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from aioquic.tls import Epoch
+
+from sfu import stun
+from sfu.client.quic import QuicLink
+from sfu.transports import roq
+from tests.test_quic_transport import ROOM, quic_node, run, wait_until
+
+
+def test_replaced_session_never_reuses_an_engine_packet_number() -> None:
+    async def main() -> None:
+        async with quic_node() as (running, client):
+            node = running.node
+            assert node.quic is not None
+            j = await client.call("participant.join", room=ROOM, participant="v",
+                                  role="audience")
+            a = QuicLink(("127.0.0.1", node.quic.port))
+            await a.connect()
+            await a.authenticate(ROOM, "v", j["token"])
+            pid = node.rooms.participant(ROOM, "v").pid
+            old = node.quic.sessions[pid]
+            secret = old._quic._cryptos[Epoch.ONE_RTT].send.secret
+            sent: list[tuple[int, int]] = []  # (first, next) packet numbers per aioquic pass
+            orig = old._quic.datagrams_to_send
+
+            def recording(now: float) -> list[tuple[bytes, object]]:
+                first = old._quic._packet_number
+                out = orig(now=now)
+                if out and old._quic._cryptos[Epoch.ONE_RTT].send.secret == secret:
+                    sent.append((first, old._quic._packet_number))
+                return out
+            old._quic.datagrams_to_send = recording  # type: ignore[method-assign]
+            for i in range(5):  # the engine seals these with the session's keys
+                node.data.send(ROOM, "system", text=f"hello {i}")
+            sealed = node.engine.quic_next_pn(pid)
+            b = QuicLink(("127.0.0.1", node.quic.port))
+            await b.connect()
+            try:
+                await b.authenticate(ROOM, "v", j["token"])  # replaces a's session
+                await wait_until(lambda: a.closed, 3.0, lambda: "old session not closed")
+                assert sent, "the old session's close was never sent"
+                assert all(first >= sealed for first, _ in sent), (sent, sealed)
+                assert node.quic.sessions[pid] is not old
+            finally:
+                a.close()
+                b.close()
+
+    run(main)
+
+
+def test_media_waits_for_a_validated_path() -> None:
+    """Auth sent from a new address that never answers (a spoofed victim): the engine keeps
+    sending to the validated address and the victim gets only aioquic's bounded probing."""
+    async def main() -> None:
+        async with quic_node() as (running, client):
+            node = running.node
+            assert node.quic is not None
+            j = await client.call("participant.join", room=ROOM, participant="v",
+                                  role="audience")
+            a = QuicLink(("127.0.0.1", node.quic.port))
+            await a.connect()
+            try:
+                first = a.local_address
+                a.rebind()
+                assert a._sock is not None and a._loop is not None
+                a._loop.remove_reader(a._sock.fileno())  # the new address never answers
+                a._control_id = a.quic.get_next_available_stream_id()
+                a.quic.send_stream_data(a._control_id, roq.control_frame({
+                    "type": "auth", "room": ROOM, "participant": "v", "token": j["token"]}))
+                a._transmit()
+                p = node.rooms.participant(ROOM, "v")
+                await wait_until(lambda: p.pid in node.quic.sessions, 3.0,
+                                 lambda: "no session")
+                assert p.address == first  # bound to the validated path, not the new one
+                for _ in range(50):
+                    node.data.send(ROOM, "system", text="x" * 400)
+                await asyncio.sleep(0.3)
+                got = 0
+                while True:
+                    try:
+                        got += len(a._sock.recv(65536))
+                    except BlockingIOError:
+                        break
+                assert got < 3 * 1500, got  # not the ~25 KB of messages
+            finally:
+                a.close()
+
+    run(main)
+
+
+def test_leaving_participant_takes_its_session_along() -> None:
+    async def main() -> None:
+        async with quic_node() as (running, client):
+            node = running.node
+            assert node.quic is not None
+            errors: list[object] = []
+            asyncio.get_running_loop().set_exception_handler(
+                lambda _loop, ctx: errors.append(ctx.get("exception")))
+            j = await client.call("participant.join", room=ROOM, participant="v",
+                                  role="audience")
+            a = QuicLink(("127.0.0.1", node.quic.port))
+            await a.connect()
+            await a.authenticate(ROOM, "v", j["token"])
+            pid = node.rooms.participant(ROOM, "v").pid
+            await client.call("participant.leave", room=ROOM, participant="v")
+            await client.call("participant.join", room=ROOM, participant="w", role="audience")
+            assert node.rooms.participant(ROOM, "w").pid == pid  # the handle is reused
+            assert pid not in node.quic.sessions
+            for _ in range(10):
+                a.send(b"\x81\xc9\x00\x01" + b"\x00" * 4)
+                await asyncio.sleep(0.02)
+            await wait_until(lambda: a.closed, 3.0, lambda: "client not told")
+            assert not errors, errors
+            a.close()
+
+    run(main)
+
+
+def test_stun_binding_hands_the_peer_back_to_udp() -> None:
+    async def main() -> None:
+        async with quic_node() as (running, client):
+            node = running.node
+            assert node.quic is not None
+            j = await client.call("participant.join", room=ROOM, participant="v",
+                                  role="audience")
+            a = QuicLink(("127.0.0.1", node.quic.port))
+            await a.connect()
+            await a.authenticate(ROOM, "v", j["token"])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.bind(("127.0.0.1", 0))
+                udp.settimeout(2.0)
+                host, port = j["udp"].rsplit(":", 1)
+                udp.sendto(stun.binding_request(j["ice_ufrag"] + ":c", j["ice_pwd"]),
+                           (host, int(port)))
+                loop = asyncio.get_running_loop()
+                answer = await loop.run_in_executor(None, udp.recvfrom, 2048)
+                assert answer[1] == (host, int(port))  # the STUN answer
+                await wait_until(lambda: a.closed, 3.0, lambda: "QUIC session not closed")
+                assert node.quic.counters["quic_to_udp"] == 1
+                node.data.send(ROOM, "system", text="over udp")
+                data, source = await loop.run_in_executor(None, udp.recvfrom, 2048)
+                assert source == (host, int(port))  # from the UDP port, not the QUIC one
+                assert data[1] == 204  # a plain SFUD APP packet, not a QUIC packet
+            a.close()
+
+    run(main)
