@@ -5,6 +5,8 @@ child processes.
   CLOCK_REALTIME time (ns) taken right before aioquic encrypts it and it is sent (the link is
   flushed per packet); optionally the same bytes also go to a plain UDP socket (the direct
   path the added latency is measured against).
+- ``NativePublisher``: the same packets from a native, timerfd-paced QuicBlaster on the
+  link's socket and 1-RTT keys (the link pauses meanwhile): no event-loop bursts.
 - ``StampedLink``: a real ``QuicLink`` (decrypts, ACKs) whose socket has SO_TIMESTAMPNS: each
   datagram's kernel receive time is kept, so a late Python reader does not count as latency.
 - Child processes (``python bench/quic_clients.py viewers|meters|sinks``), one JSON config line on
@@ -12,7 +14,7 @@ child processes.
   {"ready": n} on stdout; every "snap" line gets counters back; EOF ends the child.
   - viewers: one real QuicLink per viewer (ACKs at ACK_DELAY like any client); counts the
     RTP packets of payload type 96 each got. meters: the same with StampedLinks; "window T0
-    T1" gets the latencies of the packets sent in [T0, T1] (ns stamps).
+    T1" gets the latencies (ms) and send stamps (ns) of the packets sent in [T0, T1].
   - sinks: a native UdpSink whose sockets first carry a QuicLink handshake + auth each; then
     the links are dropped (never read again, never ACK) and the sink only counts datagrams.
 """
@@ -39,6 +41,8 @@ for _p in (str(BENCH), str(ROOT)):
 
 import uvloop  # noqa: E402
 from _children import native_module  # noqa: E402
+from aioquic.quic.crypto import derive_key_iv_hp  # noqa: E402
+from aioquic.tls import Epoch  # noqa: E402
 
 from sfu import _native  # noqa: E402
 from sfu.client.quic import QuicLink  # noqa: E402
@@ -102,8 +106,31 @@ class PublisherLink(QuicLink):
         self.held = 0  # flushes that left datagrams queued
         self.max_backlog = 0
         self.stamp = b"\0" * 8  # the last stamp written (int64 LE)
+        self.paused = False
+
+    def pause(self) -> None:
+        """Read, send and time out nothing: a NativePublisher uses the socket and the packet
+        number space meanwhile (a packet number used twice reuses an AES-GCM nonce, and the
+        node drops the second as a duplicate)."""
+        self.paused = True
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+        for handle in (self._timer, self._flush):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._flush = self._timer_at = None
+
+    def resume(self, next_pn: int) -> None:
+        """Back to normal after a pause; `next_pn`: the first packet number nobody used."""
+        self.quic._packet_number = max(self.quic._packet_number, next_pn)
+        self.paused = False
+        if self._sock is not None and self._loop is not None and not self.closed:
+            self._loop.add_reader(self._sock.fileno(), self._on_readable)
+            self._on_readable()  # what the node sent meanwhile; re-arms the timer
 
     def _transmit(self) -> None:
+        if self.paused:
+            return
         pending = self.quic._datagrams_pending
         if pending:
             self.stamp = now = time.time_ns().to_bytes(8, "little")
@@ -173,6 +200,96 @@ class StampingPublisher:
             await asyncio.sleep(max(0.001, t0 + slot / rate - loop.time()))
 
 
+class NativePublisher:
+    """RTP at a fixed rate from a native QuicBlaster (timerfd-paced, on a thread without the
+    GIL) on the link's own socket with its 1-RTT send keys: packets reach the node one by one
+    on schedule, not in the bursts of an event-loop-paced aioquic sender. The link is paused
+    while it runs (shared packet numbers). Stamps are CLOCK_REALTIME ns taken right before
+    each packet is sealed; `direct` also gets the same RTP bytes as plain UDP right after."""
+
+    def __init__(self, link: PublisherLink, ssrc: int, size: int,
+                 direct: tuple[str, int] | None = None) -> None:
+        assert link._sock is not None
+        self.link = link
+        self.blaster = native_module().QuicBlaster(
+            link._sock.fileno(), link.node[0], link.node[1], size=size, ssrc=ssrc,
+            payload_type=PT, prefix=link.prefix, seq=int.from_bytes(os.urandom(2), "big"),
+            ts=int.from_bytes(os.urandom(4), "big"))
+        if direct is not None:
+            self.blaster.set_direct(*direct)
+        self._keys: tuple[bytes, int, bytes] | None = None
+        self._hp: bytes | None = None
+
+    @property
+    def skipped(self) -> int:
+        return int(self.blaster.skipped)
+
+    @property
+    def errors(self) -> int:
+        return int(self.blaster.errors)
+
+    def _load_keys(self) -> None:
+        quic = self.link.quic
+        send = quic._cryptos[Epoch.ONE_RTT].send
+        if not send.is_valid() or send.cipher_suite is None:
+            raise RuntimeError("the publisher link has no 1-RTT keys yet")
+        keys = (send.secret, send.key_phase, quic._peer_cid.cid)
+        if keys == self._keys:
+            self.blaster.set_next_pn(max(quic._packet_number, self.blaster.next_pn))
+            return
+        key, iv, hp = derive_key_iv_hp(cipher_suite=send.cipher_suite, secret=send.secret,
+                                       version=send.version)
+        # Header protection keeps the first 1-RTT key across key updates (RFC 9001 6).
+        self._hp = self._hp or hp
+        self.blaster.set_keys(key, iv, self._hp, quic._peer_cid.cid, send.key_phase,
+                              max(quic._packet_number, self.blaster.next_pn))
+        self._keys = keys
+
+    async def run(self, rate: float, seconds: float, catch_up: int = CATCH_UP) -> int:
+        """Send at `rate` packets/s for `seconds`; returns the packets sent. Woken late it
+        sends at most `catch_up` back to back and gives up the other due slots (`skipped`)."""
+        link = self.link
+        # The executor's thread may predate the caller's pinning and SCHED_FIFO (both are
+        # per thread on Linux): it takes the calling thread's.
+        cpus, policy = os.sched_getaffinity(0), os.sched_getscheduler(0)
+        param = os.sched_getparam(0)
+
+        def drive() -> int:
+            own = (os.sched_getaffinity(0), os.sched_getscheduler(0), os.sched_getparam(0))
+            os.sched_setaffinity(0, cpus)
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(0, policy, param)
+            try:
+                return int(self.blaster.drive(rate, seconds, catch_up))
+            finally:  # the pool's thread goes back as it was
+                with contextlib.suppress(OSError):
+                    os.sched_setscheduler(0, own[1], own[2])
+                os.sched_setaffinity(0, own[0])
+
+        link.pause()
+        try:
+            self._load_keys()
+            return await asyncio.to_thread(drive)
+        except BaseException:
+            self.blaster.stop()  # a cancelled run must not keep sending on its thread
+            raise
+        finally:
+            link.resume(self.blaster.next_pn)
+
+    def send(self, count: int) -> int:
+        """`count` packets back to back now (tests)."""
+        link = self.link
+        link.pause()
+        try:
+            self._load_keys()
+            return int(self.blaster.send(count))
+        finally:
+            link.resume(self.blaster.next_pn)
+
+    def close(self) -> None:
+        self.blaster.close()
+
+
 class StampedLink(QuicLink):
     """A real QUIC viewer that keeps each datagram's kernel receive time: `samples` gets
     (send stamp, receive - send) ns of every RTP packet it decrypts."""
@@ -214,6 +331,15 @@ class StampedLink(QuicLink):
 def window_ms(samples: list[tuple[int, int]], t0_ns: int, t1_ns: int) -> list[float]:
     """Latencies (ms) of the packets sent in [t0, t1] (by their send stamp)."""
     return [lat / 1e6 for stamp, lat in samples if t0_ns <= stamp <= t1_ns]
+
+
+def paired_added_ms(meter_stamps: list[list[int]], meter_ms: list[list[float]],
+                    direct: list[tuple[int, int]]) -> list[float]:
+    """Per packet: its one-way latency through the node (each meter's copy) minus the same
+    packet's over the direct path, matched by send stamp, in ms."""
+    by_stamp = dict(direct)
+    return [lat - by_stamp[st] / 1e6 for stamps, lats in zip(meter_stamps, meter_ms, strict=True)
+            for st, lat in zip(stamps, lats, strict=True) if st in by_stamp]
 
 
 class DirectReceiver:
@@ -305,12 +431,12 @@ async def _viewers_main(cfg: dict[str, Any], meters: bool = False) -> None:
             cmd = line.split()
             if cmd and cmd[0] == "window":
                 t0, t1 = int(cmd[1]), int(cmd[2])
-                lat = [window_ms(link.samples, t0, t1) for link in links
-                       if isinstance(link, StampedLink)]
-                for link in links:
-                    if isinstance(link, StampedLink):
-                        link.samples.clear()
-                _emit({"lat": lat})
+                meters_ = [link for link in links if isinstance(link, StampedLink)]
+                lat = [window_ms(link.samples, t0, t1) for link in meters_]
+                stamps = [[st for st, _ in link.samples if t0 <= st <= t1] for link in meters_]
+                for link in meters_:
+                    link.samples.clear()
+                _emit({"lat": lat, "stamp": stamps})
                 continue
             # sent: QUIC packets the viewers sent the node (ACKs, nearly all of them)
             _emit({"received": sum(counts), "per": counts,

@@ -161,12 +161,37 @@ def steal_s(cpu: int) -> float:
     return 0.0
 
 
+def runq_wait_s(pid: int) -> float:
+    """Time pid's threads spent runnable but not running (schedstat run_delay): another task
+    had the node's core."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError, IndexError), \
+                    open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+    return total / 1e9
+
+
+def ksoftirqd_s(cpu: int) -> float:
+    """CPU time of the core's ksoftirqd so far: the loopback deliveries the node's own
+    sends could not finish inline; it competes with the node for its core."""
+    for pid in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            if pid.isdigit() and Path(f"/proc/{pid}/comm").read_text().strip() \
+                    == f"ksoftirqd/{cpu}":
+                return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    return 0.0
+
+
 async def cpu_window(node: QuicNode, work: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
     """Node CPU and counters around `work`; µs per forwarded packet."""
     s0 = await node.counters()
     c0 = _procstat.read_cpu(node.pid)
     q0 = _procstat.udp_drops(node.quic_port) + _procstat.udp_drops(node.udp_port)
     st0 = steal_s(fanout.FWD_CPU)
+    w0, b0 = runq_wait_s(node.pid), _procstat.core_busy_s(fanout.FWD_CPU)
+    k0 = ksoftirqd_s(fanout.FWD_CPU)
     t0 = time.monotonic()
     result = await work()
     await asyncio.sleep(0.2)  # the last packets leave the node and reach the viewers
@@ -178,6 +203,11 @@ async def cpu_window(node: QuicNode, work: Callable[[], Awaitable[Any]]) -> dict
     fwd = d.get("forwarded", 0)
     return {"result": result, "wall_s": wall,
             "node_core_steal_ms": (steal_s(fanout.FWD_CPU) - st0) * 1000,
+            # Interference: the node waiting for its core, and the core's busy time (all
+            # tasks, softirq included) beside the node's own CPU time.
+            "node_runq_wait_ms": (runq_wait_s(node.pid) - w0) * 1000,
+            "node_core_busy_s": _procstat.core_busy_s(fanout.FWD_CPU) - b0,
+            "node_core_ksoftirqd_ms": (ksoftirqd_s(fanout.FWD_CPU) - k0) * 1000,
             "cpu_s": cpu.total_s, "node_util": cpu.total_s / wall,
             "forwarded": fwd, "tx_datagrams": d.get("tx_datagrams", 0),
             "rx_rtp": d.get("rx_rtp", 0),
