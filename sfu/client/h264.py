@@ -11,12 +11,11 @@ Pure Python on purpose, like sfu/client/vp8.py: this is the client side (tests, 
 
 from __future__ import annotations
 
-from fractions import Fraction
 from typing import Any
 
 import av
 
-from sfu.client.media import EncodedFrame, TestPattern
+from sfu.client.media import PatternEncoder
 from sfu.client.publisher import VIDEO_CLOCK, Publisher, parse_hostport, use_transport
 
 __all__ = ["H264Depacketizer", "H264Encoder", "H264Packetizer", "H264Publisher",
@@ -60,59 +59,23 @@ def is_keyframe(access_unit: bytes) -> bool:
     return any(nal[0] & 0x1F == NAL_IDR for nal in split_annexb(access_unit))
 
 
-class H264Encoder:
+class H264Encoder(PatternEncoder):
     """Encodes the test pattern with libx264 (constrained baseline, zerolatency: one frame
     in, one frame out, no B-frames), Annex-B out with SPS/PPS before every IDR so a viewer
     can start at any keyframe. :meth:`force_keyframe` makes the next frame an IDR (the
-    answer to a PLI); same interface as ``Vp8Encoder``."""
+    answer to a PLI)."""
 
     def __init__(self, width: int = 640, height: int = 360, fps: int = 30,
                  bitrate: int = 800_000, keyframe_interval: int = 300, seed: int = 11) -> None:
-        if fps <= 0 or bitrate <= 0 or keyframe_interval <= 0:
-            raise ValueError("fps, bitrate and keyframe_interval must be positive")
         if "libx264" not in av.codecs_available:
             raise RuntimeError("PyAV was built without libx264: H.264 encoding is unavailable")
-        self.width, self.height, self.fps = width, height, fps
-        self.pattern = TestPattern(width, height, seed)
-        ctx = av.CodecContext.create("libx264", "w")
-        assert isinstance(ctx, av.VideoCodecContext)
-        ctx.width, ctx.height = width, height
-        ctx.pix_fmt = "yuv420p"
-        ctx.time_base = Fraction(1, fps)
-        ctx.framerate = Fraction(fps)
-        ctx.bit_rate = bitrate
-        ctx.gop_size = keyframe_interval
-        ctx.options = {
+        super().__init__("libx264", {
             "preset": "ultrafast", "tune": "zerolatency", "profile": "baseline",
             # A forced I frame must be an IDR (decoders restart only there), and scene cuts
             # in the synthetic pattern must not add unplanned ones.
             "forced-idr": "1", "x264-params": "repeat-headers=1:scenecut=0:bframes=0",
-        }
-        ctx.thread_count = 1  # frame threads would delay output by a frame each
-        self._ctx = ctx
-        self._index = 0
-        self._force = False
-        self.keyframes = 0
-        self.forced_keyframes = 0
-
-    def force_keyframe(self) -> None:
-        self._force = True
-
-    def encode_next(self) -> list[EncodedFrame]:
-        """Encode the next pattern picture; returns one access unit (Annex-B)."""
-        frame = av.VideoFrame.from_ndarray(self.pattern.picture(self._index), format="yuv420p")
-        frame.pts = self._index
-        if self._force:
-            frame.pict_type = av.video.frame.PictureType.I
-            self._force = False
-            self.forced_keyframes += 1
-        self._index += 1
-        out: list[EncodedFrame] = []
-        for packet in self._ctx.encode(frame):
-            key = bool(packet.is_keyframe)
-            self.keyframes += key
-            out.append(EncodedFrame(bytes(packet), key, int(packet.pts or 0)))
-        return out
+        }, width, height, fps, bitrate, keyframe_interval, seed,
+            threads=1)  # frame threads would delay output by a frame each
 
 
 class H264Packetizer:

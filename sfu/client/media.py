@@ -90,27 +90,22 @@ class EncodedFrame:
     pts: int  # frame index (time base 1/fps)
 
 
-class Vp8Encoder:
-    """Encodes the test pattern to VP8 with libvpx in real-time mode.
+class PatternEncoder:
+    """Encodes the test pattern with a PyAV encoder, one frame in and one frame out, as a
+    live sender needs. Subclasses name the codec and its options.
 
     ``keyframe_interval`` frames between periodic key frames; :meth:`force_keyframe`
     makes the next encoded frame a key frame (the answer to a PLI).
     """
 
-    def __init__(
-        self,
-        width: int = 640,
-        height: int = 360,
-        fps: int = 30,
-        bitrate: int = 800_000,
-        keyframe_interval: int = 300,
-        seed: int = 7,
-    ) -> None:
+    def __init__(self, codec: str, options: dict[str, str], width: int, height: int, fps: int,
+                 bitrate: int, keyframe_interval: int, seed: int,
+                 threads: int | None = None) -> None:
         if fps <= 0 or bitrate <= 0 or keyframe_interval <= 0:
             raise ValueError("fps, bitrate and keyframe_interval must be positive")
         self.width, self.height, self.fps = width, height, fps
         self.pattern = TestPattern(width, height, seed)
-        ctx = av.CodecContext.create(vp8_encoder_name(), "w")
+        ctx = av.CodecContext.create(codec, "w")
         assert isinstance(ctx, av.VideoCodecContext)
         ctx.width, ctx.height = width, height
         ctx.pix_fmt = "yuv420p"
@@ -118,13 +113,9 @@ class Vp8Encoder:
         ctx.framerate = Fraction(fps)
         ctx.bit_rate = bitrate
         ctx.gop_size = keyframe_interval
-        # No look-ahead: one frame in, one frame out, as a live sender needs.
-        ctx.options = {
-            "deadline": "realtime",
-            "cpu-used": "8",
-            "lag-in-frames": "0",
-            "error-resilient": "1",
-        }
+        ctx.options = options
+        if threads is not None:
+            ctx.thread_count = threads
         self._ctx = ctx
         self._index = 0
         self._force = False
@@ -139,7 +130,7 @@ class Vp8Encoder:
         frame = av.VideoFrame.from_ndarray(self.pattern.picture(self._index), format="yuv420p")
         frame.pts = self._index
         if self._force:
-            # libvpxenc maps pict_type I to VPX_EFLAG_FORCE_KF.
+            # libvpxenc maps pict_type I to VPX_EFLAG_FORCE_KF, libx264 to an IDR.
             frame.pict_type = av.video.frame.PictureType.I
             self._force = False
             self.forced_keyframes += 1
@@ -150,6 +141,17 @@ class Vp8Encoder:
             self.keyframes += key
             out.append(EncodedFrame(bytes(packet), key, int(packet.pts or 0)))
         return out
+
+
+class Vp8Encoder(PatternEncoder):
+    """The test pattern in VP8 with libvpx in real-time mode."""
+
+    def __init__(self, width: int = 640, height: int = 360, fps: int = 30,
+                 bitrate: int = 800_000, keyframe_interval: int = 300, seed: int = 7) -> None:
+        # No look-ahead: one frame in, one frame out.
+        super().__init__(vp8_encoder_name(), {"deadline": "realtime", "cpu-used": "8",
+                                              "lag-in-frames": "0", "error-resilient": "1"},
+                         width, height, fps, bitrate, keyframe_interval, seed)
 
 
 class Vp8Decoder:
