@@ -18,32 +18,19 @@ from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
 from aioquic.quic import events as qev
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.crypto import CryptoContext, derive_key_iv_hp
+from aioquic.quic.crypto import CryptoContext
 from aioquic.quic.packet import (
-    QuicProtocolVersion,
     decode_packet_number,
     pull_ack_frame,
     pull_quic_header,
 )
 from aioquic.tls import CipherSuite, Epoch
 from test_engine import udp
-from test_native_quic_seal import certificate
+from test_native_quic_seal import SUITES, certificate, keys, reference
 
 from sfu import _native as n
 
-V1 = QuicProtocolVersion.VERSION_1
-SUITES = {CipherSuite.AES_128_GCM_SHA256: 32, CipherSuite.AES_256_GCM_SHA384: 48}
 ACK, ACK_ECN, PADDING, PING, STREAM, DATAGRAM = 0x02, 0x03, 0x00, 0x01, 0x08, 0x30
-
-
-def keys(suite: CipherSuite, secret: bytes) -> tuple[bytes, bytes, bytes]:
-    return derive_key_iv_hp(cipher_suite=suite, secret=secret, version=V1)
-
-
-def reference(suite: CipherSuite, secret: bytes, key_phase: int = 0) -> CryptoContext:
-    ctx = CryptoContext(key_phase=key_phase)
-    ctx.setup(cipher_suite=suite, secret=secret, version=V1)
-    return ctx
 
 
 def frame_types(payload: bytes) -> list[int]:
