@@ -248,6 +248,12 @@ async def scenario(node: Any, page: str) -> None:
                 assert (tile["width"], tile["height"]) == (320, 180), tile
                 assert tile["drawn"] >= 10 and 60 < tile["luma"] < 200, tile
             assert not stats["errors"], stats["errors"]
+            # Chromium's own QUIC stack: its ACK-only packets pass the node's native filter
+            # (authenticated and dropped without aioquic), and the engine sealed the media.
+            quic = node.quic
+            assert quic is not None and quic.counters["quic_acks_filtered"] > 0, quic.counters
+            sealed = int(node.engine.counters[_native.COUNTER_NAMES.index("quic_sealed")])
+            assert sealed > 0
         finally:
             for b in browsers:
                 b.kill()
