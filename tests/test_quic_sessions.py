@@ -153,3 +153,32 @@ def test_stun_binding_hands_the_peer_back_to_udp() -> None:
             a.close()
 
     run(main)
+
+
+def test_idle_viewer_stays_connected_by_keepalive() -> None:
+    """A viewer in a room with no media receives nothing; the node closes idle sessions, so
+    the client pings (here the node's idle timeout is cut to 1 s for the test)."""
+    async def main() -> None:
+        async with quic_node() as (running, client):
+            node = running.node
+            assert node.quic is not None and node.quic._server is not None
+            node.quic._server._configuration.idle_timeout = 1.0
+            links = []
+            for name, keepalive in (("kept", 0.3), ("idle", 30.0)):
+                j = await client.call("participant.join", room=ROOM, participant=name,
+                                      role="audience")
+                link = QuicLink(("127.0.0.1", node.quic.port), keepalive=keepalive)
+                await link.connect()
+                await link.authenticate(ROOM, name, j["token"])
+                links.append(link)
+            try:
+                await asyncio.sleep(3.0)
+                kept, idle = links
+                assert not kept.closed
+                assert idle.closed or node.rooms.participant(ROOM, "idle").address is None
+                assert node.rooms.participant(ROOM, "kept").address is not None
+            finally:
+                for link in links:
+                    link.close()
+
+    run(main)

@@ -42,7 +42,8 @@ class QuicRefused(ConnectionRefusedError):
 class QuicLink:
     def __init__(self, node: tuple[str, int], *, max_datagram: int = 1452,
                  flow_id: int = roq.DEFAULT_FLOW_ID, server_name: str = "localhost",
-                 cafile: str | None = None, rcvbuf: int = 2 << 20) -> None:
+                 cafile: str | None = None, rcvbuf: int = 2 << 20,
+                 keepalive: float = 10.0) -> None:
         self.node = node
         self.flow_id = flow_id
         self.prefix = roq.encode_varint(flow_id)
@@ -72,6 +73,11 @@ class QuicLink:
         self._control = roq.FrameReader(roq.MAX_CONTROL_FRAME)
         self._control_reply: asyncio.Future[dict[str, Any]] | None = None
         self._media_stream: int | None = None
+        # A viewer waiting for a host receives nothing and would send nothing: the node
+        # closes idle connections (30 s), so ping when nothing else went out for this long.
+        self.keepalive = keepalive
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._sent_since_ping = False
         self.closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -87,6 +93,7 @@ class QuicLink:
         except TimeoutError:
             self.close()
             raise TimeoutError(f"no QUIC handshake with {self.node} in {timeout}s") from None
+        self._keepalive = self._loop.call_later(self.keepalive, self._on_keepalive)
 
     async def authenticate(self, room: str, participant: str, token: str,
                            timeout: float = 5.0) -> dict[str, Any]:
@@ -116,7 +123,7 @@ class QuicLink:
         with contextlib.suppress(Exception):
             self.quic.close()
             self._transmit()
-        for handle in (self._timer, self._flush):
+        for handle in (self._timer, self._flush, self._keepalive):
             if handle is not None:
                 handle.cancel()
         self._close_socket()
@@ -170,6 +177,7 @@ class QuicLink:
         else:
             self.quic.send_datagram_frame(self.prefix + packet)
             self.stats["datagrams_out"] += 1
+        self._sent_since_ping = True
         if self._flush is None and self._loop is not None:
             # Everything sent in this loop turn leaves in one pass over aioquic.
             self._flush = self._loop.call_soon(self._transmit)
@@ -275,6 +283,15 @@ class QuicLink:
         if self._timer is None and timer_at is not None and not self.closed:
             self._timer = loop.call_at(timer_at, self._on_timer)
         self._timer_at = timer_at
+
+    def _on_keepalive(self) -> None:
+        if self.closed or self._loop is None:
+            return
+        if not self._sent_since_ping:
+            self.quic.send_ping(0)
+            self._transmit()
+        self._sent_since_ping = False
+        self._keepalive = self._loop.call_later(self.keepalive, self._on_keepalive)
 
     def _on_timer(self) -> None:
         self._timer = None

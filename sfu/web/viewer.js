@@ -623,6 +623,12 @@
     setStatus(`watching room ${room} as ${participant}`);
     writer = wt.datagrams.writable.getWriter();
     setInterval(nackTick, 50);
+    // An empty receiver report (RFC 3550 §6.4.2) every 10 s: a viewer waiting for a host
+    // receives nothing and would send nothing, and the node closes idle sessions (30 s).
+    const rrSsrc = (Math.random() * 0xffffffff) >>> 0 || 1;
+    const rr = new Uint8Array([0x80, 201, 0, 1, rrSsrc >>> 24, (rrSsrc >>> 16) & 255,
+      (rrSsrc >>> 8) & 255, rrSsrc & 255]);
+    setInterval(() => send(rr), 10000);
     const reader = wt.datagrams.readable.getReader();
     for (;;) {
       const { value, done } = await reader.read();
