@@ -63,12 +63,14 @@ def parse_rtcp_counted(data: bytes, stats: _RtcpErrorCount) -> list[dict[str, ob
 
 
 def use_transport(endpoint: RtpEndpoint, transport: str, joined: dict[str, Any], room: str,
-                  participant: str) -> None:
-    """Point an endpoint at the node's QUIC port when ``transport == "quic"``."""
+                  participant: str, via: tuple[str, int] | None = None) -> None:
+    """Point an endpoint at the node's QUIC port when ``transport == "quic"`` (or at
+    ``via``, a proxy in front of it)."""
     if transport == "quic":
         if not joined.get("quic"):
             raise ValueError("the node has no QUIC port (participant.join gave no 'quic')")
-        endpoint.use_quic(parse_hostport(joined["quic"]), room, participant, joined["token"])
+        endpoint.use_quic(via or parse_hostport(joined["quic"]), room, participant,
+                          joined["token"])
     elif transport != "udp":
         raise ValueError(f"transport must be 'udp' or 'quic', not {transport!r}")
 

@@ -329,7 +329,8 @@ class Publisher(RecoveringSender):
         ``control`` is an ``sfu.control.Client`` (anything with ``await call(method, **p)``).
         ``rtx`` declares an RTX SSRC; ``fec=(k, m)`` adds SFU-RS parity on a ``fec_ssrc``,
         ``fec="auto"`` chooses (k, m) from the loss the node reports (none when clean).
-        ``via`` sends media to that address instead of the node's (a lossy-link proxy).
+        ``via`` sends media to that address instead of the node's (a lossy-link proxy in
+        front of the UDP port, or of the QUIC port with ``transport="quic"``).
         ``nack=False`` asks the node not to NACK this track (no uplink retransmission).
         ``transport="quic"`` carries the media over RTP over QUIC (keyframes on the stream).
         """
@@ -339,7 +340,7 @@ class Publisher(RecoveringSender):
         pub = cls(via or parse_hostport(joined["udp"]), joined["ice_ufrag"], joined["ice_pwd"],
                   encoder, record=record, rtx=rtx, fec=fec)
         pub.room, pub.participant = room, participant
-        use_transport(pub, transport, joined, room, participant)
+        use_transport(pub, transport, joined, room, participant, via)
         res = await pub.open_bind_call(
             control, bind_timeout, "track.publish", room=room, participant=participant,
             kind="video", codec="VP8", payload_type=pub.payload_type, clock_rate=VIDEO_CLOCK,

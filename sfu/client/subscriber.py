@@ -173,7 +173,7 @@ class Subscriber(RtpEndpoint):
         sub = cls(via or parse_hostport(joined["udp"]), joined["ice_ufrag"], joined["ice_pwd"],
                   decode=decode, keep_frames=keep_frames, budget_s=budget_s, nack=nack,
                   rtx=rtx, fec=fec)
-        use_transport(sub, transport, joined, room, participant)
+        use_transport(sub, transport, joined, room, participant, via)
         res = await sub.open_bind_call(control, bind_timeout, "track.subscribe", room=room,
                                        participant=participant, track=track,
                                        **recovery_params(nack, rtx, fec))
