@@ -117,6 +117,7 @@ class Node:
         self._start_live()
         self._simulcast_tick()
         self._stats = StatsView(self.engine, self.udp, self.recovery, self.simulcast)
+        self._stats.quic = self.quic
 
     async def _start_quic(self) -> None:
         """RTP over QUIC and WebTransport on their own UDP port, and the viewer page."""

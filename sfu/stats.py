@@ -28,6 +28,7 @@ class StatsView:
         self.simulcast = simulcast
         self.udp = udp
         self.recovery = recovery
+        self.quic: Any = None  # sfu.transports.quic.QuicTransport when QUIC is on
         # Last (time, rx_datagrams, tx_datagrams) sample and the rates derived from it.
         self._sample: tuple[float, int, int] | None = None
         self._rates = (0.0, 0.0)
@@ -38,6 +39,9 @@ class StatsView:
         counters = self.engine.counters
         out = {name: int(counters[i]) for i, name in enumerate(_native.COUNTER_NAMES)}
         out.update(self.udp.counters)
+        if self.quic is not None:
+            out.update(self.quic.counters)
+            out["quic_sessions_live"] = len(self.quic.sessions)
         return out
 
     def rates(self) -> tuple[float, float]:

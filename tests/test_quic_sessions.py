@@ -182,3 +182,32 @@ def test_idle_viewer_stays_connected_by_keepalive() -> None:
                     link.close()
 
     run(main)
+
+
+def test_closed_connections_are_freed_promptly() -> None:
+    """A closing connection lasts ~3 PTOs, not the idle timeout: the ACK-only shortcut once
+    pushed its deadline 30 s out, and 100 departed viewers then lingered in the node."""
+    async def main() -> None:
+        async with quic_node() as (running, client):
+            node = running.node
+            assert node.quic is not None and node.quic._server is not None
+            links = []
+            for i in range(30):
+                j = await client.call("participant.join", room=ROOM, participant=f"v{i}",
+                                      role="audience")
+                link = QuicLink(("127.0.0.1", node.quic.port))
+                await link.connect()
+                await link.authenticate(ROOM, f"v{i}", j["token"])
+                links.append(link)
+            for _ in range(20):  # traffic, so the viewers ACK
+                node.data.send(ROOM, "system", text="x")
+                await asyncio.sleep(0.01)
+            for i, link in enumerate(links):  # ACKs still on their way when the node closes
+                await node.call("participant.leave", {"room": ROOM, "participant": f"v{i}"})
+                link.close()
+            server = node.quic._server
+            await wait_until(lambda: not server._protocols, 3.0,
+                             lambda: f"{len(server._protocols)} connection ids still mapped")
+            assert not node.quic.sessions
+
+    run(main)

@@ -35,7 +35,7 @@ from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DatagramReceived, H3Event, HeadersReceived
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
+from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from aioquic.quic.crypto import derive_key_iv_hp
 from aioquic.tls import CipherSuite, Epoch
 
@@ -240,7 +240,9 @@ class QuicSession(QuicConnectionProtocol):
         # its own in flight (the engine's datagrams are not in its loss recovery): check and
         # drop them natively instead of paying aioquic's Python receive path for each.
         quic, f = self._quic, self._ack_filter
-        if (f is not None and len(data) <= 256 and not data[0] & 0x80  # type: ignore[operator]
+        if (f is not None and self.pid >= 0 and len(data) <= 256
+                and not data[0] & 0x80  # type: ignore[operator]
+                and quic._state is QuicConnectionState.CONNECTED
                 and addr == quic._network_paths[0].addr):
             space = quic._spaces[Epoch.ONE_RTT]
             if not space.ack_eliciting_in_flight:
