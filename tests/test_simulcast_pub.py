@@ -343,7 +343,9 @@ def test_paused_layer_stops_and_resumes_with_a_keyframe() -> None:
     gaps = [(a, b) for a, b in zip(h, h[1:], strict=False) if b.at - a.at > 0.3]
     assert len(gaps) == 1
     last, first = gaps[0]
-    assert last.at < paused_at + 0.1 and first.at >= resumed_at
+    # (Stamps are taken by a reader in the same loop: under load it may read a frame that
+    # left before the pause up to a few scheduling delays late; the pause lasts 0.5 s.)
+    assert last.at < paused_at + 0.25 and first.at >= resumed_at
     desc = parse_descriptor(first.payload)
     assert desc.start and desc.tid == 0
     assert not first.payload[desc.size] & 1  # VP8 P bit clear: a keyframe
