@@ -85,7 +85,7 @@ def test_downlink_ten_percent_loss_recovered_by_nack() -> None:
         down = LinkProfile.iid(0.10, delay_ms=25)
         ps, res, stats, (link,) = await probe_run(None, down, 2.0)
         sent = ps["sent"]
-        assert link.down.dropped_loss > 0.05 * sent
+        assert link.down.dropped_loss >= 0.05 * sent  # the link really lost (seeded: ~10 %)
         assert res["residual"] < 0.01, res
         assert res["recovered_rtx"] > 0.05 * sent and res["nacks_sent"] > 0
         assert res["direct"] + res["recovered_rtx"] + res["recovered_fec"] - res["late"] \
