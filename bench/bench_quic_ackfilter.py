@@ -12,7 +12,6 @@ Read the ratios, not the absolute figures: the machine is shared.
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 import time
 from pathlib import Path
@@ -23,27 +22,19 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.crypto import CryptoContext, derive_key_iv_hp
 from aioquic.tls import CipherSuite, Epoch
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 from sfu import _native as n  # noqa: E402
+from sfu.transports.cert import self_signed  # noqa: E402
 
 PACKET = 45
 CLIENT, SERVER = ("127.0.0.1", 40000), ("127.0.0.1", 4433)
 
 
 def certificate() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    return cert, key
+    c = self_signed(("localhost",))  # the node's own certificate maker
+    return c.certificate, c.private_key
 
 
 def connected(suite: CipherSuite) -> tuple[QuicConnection, QuicConnection]:

@@ -5,7 +5,6 @@ client connection over loopback."""
 
 from __future__ import annotations
 
-import datetime
 import os
 import resource
 import select
@@ -23,12 +22,11 @@ from aioquic.quic.crypto import CryptoContext, CryptoError, derive_key_iv_hp
 from aioquic.quic.packet import QuicProtocolVersion, pull_quic_header
 from aioquic.tls import CipherSuite, Epoch
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from test_engine import counters, recv_all, udp
 
 from sfu import _native as n
+from sfu.transports.cert import self_signed
 
 V1 = QuicProtocolVersion.VERSION_1
 SUITES = {CipherSuite.AES_128_GCM_SHA256: 32, CipherSuite.AES_256_GCM_SHA384: 48}
@@ -238,15 +236,8 @@ def test_remove_peer_frees_quic_state() -> None:
 # ---- 2. end to end with a real aioquic client ----------------------------------------------
 
 def certificate() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    return cert, key
+    c = self_signed(("localhost",))  # the node's own certificate maker
+    return c.certificate, c.private_key
 
 
 def config(is_client: bool) -> QuicConfiguration:

@@ -46,6 +46,7 @@ class SentFrame:
     data: bytes
     keyframe: bool
     packets: int
+    at: float = 0.0  # time.monotonic() when it was sent
 
 
 @dataclass(slots=True)
@@ -375,7 +376,8 @@ class Publisher(RecoveringSender):
         self.stats.keyframes += frame.keyframe
         self._last_ts, self._last_ts_wall = ts, time.time()
         if self.record:
-            self.sent.append(SentFrame(ts, frame.data, frame.keyframe, len(payloads)))
+            self.sent.append(SentFrame(ts, frame.data, frame.keyframe, len(payloads),
+                                       time.monotonic()))
         return len(payloads)
 
     def send_next(self) -> list[EncodedFrame]:
