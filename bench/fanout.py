@@ -158,16 +158,13 @@ class ChildForwarder:
         self.proc = None
 
 
-class NodeForwarder:
-    """The real node: `python -m sfu serve` on FWD_CPU, driven over its control socket."""
+class NodeProcess:
+    """`python -m sfu serve` on FWD_CPU with a control socket in its own temp dir (shared by
+    this bench's NodeForwarder and bench/quic.py's QuicNode)."""
 
-    name = "node"
-
-    def __init__(self, simulcast: bool = False) -> None:
-        self.simulcast = simulcast
+    def __init__(self, prefix: str) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.tmp = tempfile.mkdtemp(prefix="sfu-fanout-")
+        self.tmp = tempfile.mkdtemp(prefix=prefix)
         self.client: Any = None
         self.log = Path(self.tmp, "node.log")
 
@@ -176,13 +173,13 @@ class NodeForwarder:
         assert self.proc is not None
         return self.proc.pid
 
-    async def start(self, dests: list[tuple[str, int]], blaster_port: int) -> None:
+    async def launch(self, *args: str) -> None:
+        """Start the node with ``args`` and connect its control client (30 s bound)."""
         from sfu.control import Client
 
         sock = str(Path(self.tmp, "sfu.sock"))
-        self.port = free_udp_port()
-        cmd = [sys.executable, "-m", "sfu", "serve", "--udp", f"127.0.0.1:{self.port}", "--no-quic",
-               "--control", sock, "--log-level", "warning"]
+        cmd = [sys.executable, "-m", "sfu", "serve", *args, "--control", sock,
+               "--log-level", "warning"]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -193,12 +190,44 @@ class NodeForwarder:
                 raise RuntimeError(f"node exited rc={self.proc.returncode}: {self.log_tail()}")
             try:
                 self.client = await Client.connect_unix(sock)
-                break
+                return
             except (OSError, ConnectionError) as exc:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"node control socket never came up: "
                                        f"{self.log_tail()}") from exc
                 await asyncio.sleep(0.1)
+
+    def log_tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-1500:]
+        except OSError:
+            return "(no log)"
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await self.client.close()
+            self.client = None
+        if self.proc is not None:
+            self.proc.terminate()
+            _reap(self.proc)
+            self.proc = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class NodeForwarder(NodeProcess):
+    """The real node: `python -m sfu serve` on FWD_CPU, driven over its control socket."""
+
+    name = "node"
+
+    def __init__(self, simulcast: bool = False) -> None:
+        super().__init__("sfu-fanout-")
+        self.simulcast = simulcast
+        self.port = 0
+
+    async def start(self, dests: list[tuple[str, int]], blaster_port: int) -> None:
+        self.port = free_udp_port()
+        await self.launch("--udp", f"127.0.0.1:{self.port}", "--no-quic")
         c = self.client
         await c.call("room.create", room=ROOM)
         await c.call("participant.join", room=ROOM, participant="pub", role="host")
@@ -232,23 +261,6 @@ class NodeForwarder:
         stats = await self.client.call("stats.get")
         counters = stats["counters"]
         return int(counters.get("forwarded", counters.get("tx_datagrams", 0)))
-
-    def log_tail(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-1500:]
-        except OSError:
-            return "(no log)"
-
-    async def stop(self) -> None:
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                await self.client.close()
-            self.client = None
-        if self.proc is not None:
-            self.proc.terminate()
-            _reap(self.proc)
-            self.proc = None
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 Forwarder = ChildForwarder | NodeForwarder

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import select
-import shutil
 import socket
 import subprocess
 import sys
@@ -35,44 +34,17 @@ SIZE = 1100
 
 # -- processes ------------------------------------------------------------------------------
 
-class QuicNode:
+class QuicNode(fanout.NodeProcess):
     """`python -m sfu serve` with its QUIC port, pinned like fanout.py's NodeForwarder."""
 
     def __init__(self) -> None:
-        self.tmp = tempfile.mkdtemp(prefix="sfu-quicbench-")
-        self.log = Path(self.tmp, "node.log")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.client: Any = None
+        super().__init__("sfu-quicbench-")
         self.udp_port = self.quic_port = 0
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     async def start(self) -> None:
-        from sfu.control import Client
-
-        sock = str(Path(self.tmp, "sfu.sock"))
         self.udp_port, self.quic_port = free_udp_port(), free_udp_port()
-        cmd = [sys.executable, "-m", "sfu", "serve", "--udp", f"127.0.0.1:{self.udp_port}",
-               "--quic", f"127.0.0.1:{self.quic_port}", "--http", "127.0.0.1:0",
-               "--control", sock, "--log-level", "warning"]
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL,
-                                         preexec_fn=fanout._child_setup)
-        deadline = time.monotonic() + 30.0
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited rc={self.proc.returncode}: {self.tail()}")
-            try:
-                self.client = await Client.connect_unix(sock)
-                return
-            except (OSError, ConnectionError) as exc:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"node never came up: {self.tail()}") from exc
-                await asyncio.sleep(0.1)
+        await self.launch("--udp", f"127.0.0.1:{self.udp_port}",
+                          "--quic", f"127.0.0.1:{self.quic_port}", "--http", "127.0.0.1:0")
 
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
         result: dict[str, Any] = await self.client.call(method, **params)
@@ -82,21 +54,7 @@ class QuicNode:
         return dict((await self.call("stats.get"))["counters"])
 
     def tail(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-1500:]
-        except OSError:
-            return "(no log)"
-
-    async def stop(self) -> None:
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                await self.client.close()
-            self.client = None
-        if self.proc is not None:
-            self.proc.terminate()
-            fanout._reap(self.proc)
-            self.proc = None
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        return self.log_tail()
 
 
 class Child:
