@@ -30,7 +30,6 @@ from sfu.transports import roq
 log = logging.getLogger(__name__)
 
 ACK_DELAY = 0.02  # seconds (we advertise aioquic's 25 ms max_ack_delay)
-AEAD_TAG = 16
 
 
 MEDIA_WINDOW_FLOOR = 64  # packets
@@ -91,7 +90,6 @@ class QuicLink:
         self.quic = QuicConnection(configuration=config)
         self.quic._ack_delay = ACK_DELAY
         self.on_datagram: Callable[[bytes], None] = lambda data: None
-        self.accepted: dict[str, Any] = {}
         self.stats = {"datagrams_out": 0, "stream_packets_out": 0, "datagrams_in": 0,
                       "bad_flow": 0, "rebinds": 0}
         self._rcvbuf = rcvbuf
@@ -145,7 +143,6 @@ class QuicLink:
                 from None
         if reply.get("type") != "ok":
             raise QuicRefused(str(reply.get("code", "unknown")), str(reply.get("message", "")))
-        self.accepted = reply
         return reply
 
     def close(self) -> None:
@@ -184,7 +181,7 @@ class QuicLink:
     @property
     def max_payload(self) -> int:
         """The largest packet that still goes out as one DATAGRAM frame."""
-        overhead = (1 + len(self.quic._peer_cid.cid) + PACKET_NUMBER_SEND_SIZE + AEAD_TAG
+        overhead = (1 + len(self.quic._peer_cid.cid) + PACKET_NUMBER_SEND_SIZE + roq.AEAD_TAG
                     + 1 + 2 + len(self.prefix))  # frame type, length varint, flow id
         limit = self.quic._max_datagram_size
         frame_limit = self.quic._remote_max_datagram_frame_size
