@@ -7,26 +7,19 @@ from __future__ import annotations
 
 import os
 import random
-import select
-import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
 from aioquic.quic import events as qev
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
 from aioquic.quic.crypto import CryptoContext
 from aioquic.quic.packet import (
     decode_packet_number,
     pull_ack_frame,
-    pull_quic_header,
 )
 from aioquic.tls import CipherSuite, Epoch
-from test_engine import udp
-from test_native_quic_seal import SUITES, certificate, keys, reference
+from test_native_quic_seal import SUITES, QuicPair, keys, reference
 
 from sfu import _native as n
 
@@ -57,82 +50,25 @@ def is_ack_only(types: list[int]) -> bool:
 
 # ---- a real aioquic client and server on loopback; the client's datagrams captured --------
 
-def config(is_client: bool, suite: CipherSuite) -> QuicConfiguration:
-    cfg = QuicConfiguration(is_client=is_client, alpn_protocols=["roq"],
-                            max_datagram_frame_size=65536, cipher_suites=[suite])
-    if is_client:
-        cfg.verify_mode = ssl.CERT_NONE
-        cfg.server_name = "localhost"
-    else:
-        cfg.certificate, cfg.private_key = certificate()
-    return cfg
-
-
 @dataclass
 class Captured:
     data: bytes
     expected_pn: int        # the server's ONE_RTT expected_packet_number before receiving it
 
 
-class Pair:
-    """Client and server driven sans-I/O over two sockets; the server records every
-    datagram it receives with the packet number it expected at that point."""
+class Pair(QuicPair):
+    """The seal tests' client/server pair; the server records every datagram it receives
+    with the packet number it expected at that point."""
 
     def __init__(self, suite: CipherSuite) -> None:
-        self.suite = suite
-        self.ssock, self.csock = udp(), udp()
-        self.client = QuicConnection(configuration=config(True, suite))
-        self.server: QuicConnection | None = None
+        super().__init__(suite)
         self.captured: list[Captured] = []
-        self.cevents: list[qev.QuicEvent] = []
-        self.client.connect(self.ssock.getsockname(), now=time.monotonic())
+        self.on_server_datagram = self._capture
 
-    def _receive(self, sock: object, now: float) -> None:
-        while True:
-            try:
-                data, addr = sock.recvfrom(65536)  # type: ignore[attr-defined]
-            except BlockingIOError:
-                return
-            if sock is self.csock:
-                self.client.receive_datagram(data, addr, now)
-                continue
-            if self.server is None:
-                header = pull_quic_header(Buffer(data=data), host_cid_length=8)
-                self.server = QuicConnection(
-                    configuration=config(False, self.suite),
-                    original_destination_connection_id=header.destination_cid)
-            space = self.server._spaces.get(Epoch.ONE_RTT)
-            self.captured.append(Captured(data, space.expected_packet_number if space else 0))
-            self.server.receive_datagram(data, addr, now)
-
-    def pump(self, until: Callable[[], bool], timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            now = time.monotonic()
-            for conn in (self.client, self.server):
-                timer = conn.get_timer() if conn else None
-                if conn and timer is not None and timer <= now:
-                    conn.handle_timer(now)
-            for data, addr in self.client.datagrams_to_send(now):
-                self.csock.sendto(data, addr)
-            if self.server:
-                for data, addr in self.server.datagrams_to_send(now):
-                    self.ssock.sendto(data, addr)
-            while (ev := self.client.next_event()) is not None:
-                self.cevents.append(ev)
-            if self.server:
-                while self.server.next_event() is not None:
-                    pass
-            if until():
-                return
-            assert now < deadline, f"timed out; client events {self.cevents[-5:]}"
-            ready, _, _ = select.select([self.ssock, self.csock], [], [], 0.01)
-            for sock in ready:
-                self._receive(sock, time.monotonic())
-
-    def settle(self, quiet: float = 0.15) -> None:
-        end = time.monotonic() + quiet
-        self.pump(lambda: time.monotonic() > end)
+    def _capture(self, data: bytes) -> None:
+        assert self.server is not None
+        space = self.server._spaces.get(Epoch.ONE_RTT)
+        self.captured.append(Captured(data, space.expected_packet_number if space else 0))
 
     def received(self) -> int:
         return sum(len(ev.data) for ev in self.cevents if isinstance(ev, qev.StreamDataReceived))

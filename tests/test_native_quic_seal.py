@@ -240,10 +240,10 @@ def certificate() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     return c.certificate, c.private_key
 
 
-def config(is_client: bool) -> QuicConfiguration:
+def config(is_client: bool,
+           suite: CipherSuite = CipherSuite.AES_128_GCM_SHA256) -> QuicConfiguration:
     cfg = QuicConfiguration(is_client=is_client, alpn_protocols=["roq"],
-                            max_datagram_frame_size=65536,
-                            cipher_suites=[CipherSuite.AES_128_GCM_SHA256])
+                            max_datagram_frame_size=65536, cipher_suites=[suite])
     if is_client:
         cfg.verify_mode = ssl.CERT_NONE
         cfg.server_name = "localhost"
@@ -256,12 +256,15 @@ class QuicPair:
     """An aioquic client and server on two loopback sockets, driven sans-I/O. The server's
     sends can be wrapped (around) to share the packet number space with an engine."""
 
-    def __init__(self) -> None:
+    def __init__(self, suite: CipherSuite = CipherSuite.AES_128_GCM_SHA256) -> None:
+        self.suite = suite
         self.ssock, self.csock = udp(), udp()
         self.saddr, self.caddr = self.ssock.getsockname(), self.csock.getsockname()
-        self.client = QuicConnection(configuration=config(True))
+        self.client = QuicConnection(configuration=config(True, suite))
         self.server: QuicConnection | None = None
         self.cevents: list[qev.QuicEvent] = []
+        # Sees each datagram the server is about to receive (the ACK-filter tests capture).
+        self.on_server_datagram: Callable[[bytes], None] | None = None
         self.around: tuple[Callable[[QuicConnection], None],
                            Callable[[QuicConnection], None]] | None = None
         self.client.connect(self.saddr, now=time.monotonic())
@@ -289,8 +292,10 @@ class QuicPair:
             if self.server is None:
                 header = pull_quic_header(Buffer(data=data), host_cid_length=8)
                 self.server = QuicConnection(
-                    configuration=config(False),
+                    configuration=config(False, self.suite),
                     original_destination_connection_id=header.destination_cid)
+            if self.on_server_datagram is not None:
+                self.on_server_datagram(data)
             self.server.receive_datagram(data, addr, now)
 
     def pump(self, until: Callable[[], bool], timeout: float = 5.0) -> None:
